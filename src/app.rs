@@ -1,0 +1,169 @@
+//! Composition root: tenants, metrics, pre-warm, call runtime, HTTP, signals, shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use dashmap::DashMap;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::bridge::prewarm::Prewarmer;
+use crate::bridge::sink::{CallSink, LogSink};
+use crate::bridge::{CallRuntime, TenantsHandle};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::shutdown::{self, SignalEvent};
+use crate::tenants;
+
+/// A running daemon.
+pub struct Daemon {
+    pub addr: SocketAddr,
+    runtime: Arc<CallRuntime>,
+    drain: CancellationToken,
+    done: JoinHandle<anyhow::Result<()>>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+impl Daemon {
+    pub fn runtime(&self) -> &Arc<CallRuntime> {
+        &self.runtime
+    }
+
+    /// Starts the graceful shutdown (as SIGTERM does).
+    pub fn shutdown(&self) {
+        self.drain.cancel();
+    }
+
+    /// Re-reads the tenants file (as SIGHUP does). A bad file is rejected, the old one kept.
+    pub fn reload_tenants(&self) -> anyhow::Result<()> {
+        reload(&self.runtime)
+    }
+
+    /// Waits until the daemon has stopped.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.done.await.context("daemon task panicked")?
+    }
+}
+
+fn reload(rt: &CallRuntime) -> anyhow::Result<()> {
+    match tenants::load(&rt.config.tenants_file) {
+        Ok(dir) => {
+            let n = dir.tenants().len();
+            rt.tenants.replace(dir);
+            rt.metrics.tenant_reloads.fetch_add(1, Relaxed);
+            info!(tenants = n, "tenants reloaded");
+            Ok(())
+        }
+        Err(e) => {
+            rt.metrics.tenant_reload_failures.fetch_add(1, Relaxed);
+            error!(error = %e, "tenants reload rejected; keeping the previous tenants");
+            Err(e.into())
+        }
+    }
+}
+
+/// Starts the daemon on `listener`. Calls go to `sink` when they end.
+pub async fn start(config: Config, listener: TcpListener, sink: Arc<dyn CallSink>) -> anyhow::Result<Daemon> {
+    let dir = tenants::load(&config.tenants_file)
+        .with_context(|| format!("loading tenants from {}", config.tenants_file.display()))?;
+    for p in config.call_readiness_problems() {
+        warn!("{p}");
+    }
+    if config.insecure_skip_signature {
+        warn!("!!! SWITCHBOARD_INSECURE_SKIP_SIGNATURE=1: Twilio signatures are NOT checked. Anyone can open calls on your bill. Never use this in production. !!!");
+    }
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::default());
+    let tracker = TaskTracker::new();
+    let calls_cancel = CancellationToken::new();
+    let prewarm = Prewarmer::new(config.prewarm_ttl, tracker.clone(), calls_cancel.child_token(), Arc::clone(&metrics));
+    let runtime = Arc::new(CallRuntime {
+        config: Arc::clone(&config),
+        tenants: TenantsHandle::new(dir),
+        prewarm,
+        metrics,
+        live: DashMap::new(),
+        sink,
+        calls_cancel,
+        tracker,
+        draining: Default::default(),
+    });
+    let addr = listener.local_addr()?;
+    let router = crate::http::router(Arc::clone(&runtime));
+    let drain = CancellationToken::new();
+    let server_stop = CancellationToken::new();
+    let server = tokio::spawn({
+        let stop = server_stop.clone();
+        async move { axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await }
+    });
+    let done = tokio::spawn({
+        let rt = Arc::clone(&runtime);
+        let drain = drain.clone();
+        async move {
+            drain.cancelled().await;
+            drain_and_stop(&rt).await;
+            server_stop.cancel();
+            server.await.context("http server task")?.context("http server")?;
+            info!("stopped");
+            Ok(())
+        }
+    });
+    info!(%addr, "listening");
+    Ok(Daemon { addr, runtime, drain, done })
+}
+
+/// Refuse new calls, let live ones finish within the grace period, then end the rest.
+async fn drain_and_stop(rt: &CallRuntime) {
+    rt.draining.store(true, Relaxed);
+    let grace = rt.config.shutdown_grace;
+    info!(live_calls = rt.live.len(), grace_secs = grace.as_secs(), "draining: refusing new calls");
+    let finished = tokio::time::timeout(grace, async {
+        while !rt.live.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .is_ok();
+    if !finished {
+        warn!(live_calls = rt.live.len(), "grace period over; ending the remaining calls");
+    }
+    rt.calls_cancel.cancel();
+    rt.tracker.close();
+    if tokio::time::timeout(Duration::from_secs(10), rt.tracker.wait()).await.is_err() {
+        warn!("some call tasks did not finish within 10 s of cancellation");
+    }
+}
+
+/// `switchboard serve`: bind, run until SIGTERM/SIGINT, reload tenants on SIGHUP.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.bind).await.with_context(|| format!("binding {}", config.bind))?;
+    let daemon = start(config, listener, Arc::new(LogSink)).await?;
+    let mut signals = shutdown::listen().context("installing signal handlers")?;
+    let drain = daemon.drain.clone();
+    let rt = Arc::clone(&daemon.runtime);
+    tokio::spawn(async move {
+        while let Some(ev) = signals.recv().await {
+            match ev {
+                SignalEvent::Terminate => {
+                    info!("termination signal received");
+                    drain.cancel();
+                }
+                SignalEvent::Reload => {
+                    let _ = reload(&rt);
+                }
+            }
+        }
+    });
+    daemon.wait().await
+}

@@ -1,0 +1,426 @@
+//! The per-call owner task: one task owns the Twilio socket, the Realtime socket and the
+//! `CallSession`, in one biased `select!` loop (cancel, Twilio, Realtime, timer). No locks on
+//! the hot path; the only shared state is the live-call registry and relaxed counters.
+
+pub mod prewarm;
+pub mod sink;
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::{CloseFrame, Message as TwMessage, WebSocket};
+use dashmap::DashMap;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message as RtMessage;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::config::Config;
+use crate::core::audio::apology::apology_ulaw;
+use crate::core::domain::call::{CallStats, EndReason};
+use crate::core::domain::tenant::{Tenant, TenantDirectory};
+use crate::core::realtime::session_config::SessionSpec;
+use crate::core::session::{CallSession, Millis, Notice, Output, SessionParams};
+use crate::core::twilio::binding::{TOKEN_PARAM, verify_stream_token};
+use crate::core::twilio::messages::{Inbound, Start};
+use crate::metrics::Metrics;
+use crate::openai::realtime::{self, RealtimeConn, RealtimeError, RealtimeSettings, RealtimeSocket};
+use prewarm::Prewarmer;
+use sink::CallSink;
+
+/// The current tenants; replaced whole on reload (live calls keep the `Arc<Tenant>` they had).
+#[derive(Debug, Clone)]
+pub struct TenantsHandle(Arc<RwLock<Arc<TenantDirectory>>>);
+
+impl TenantsHandle {
+    pub fn new(dir: TenantDirectory) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(dir))))
+    }
+    pub fn current(&self) -> Arc<TenantDirectory> {
+        // A poisoned lock only means a writer panicked mid-swap of an Arc; the value is whole.
+        Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+    }
+    pub fn replace(&self, dir: TenantDirectory) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dir);
+    }
+}
+
+/// A call in progress, as others may see it.
+#[derive(Debug, Clone)]
+pub struct LiveCall {
+    pub tenant_id: String,
+    pub from: String,
+    pub started_at_ms: u64,
+}
+
+/// Everything a call needs from the process.
+pub struct CallRuntime {
+    pub config: Arc<Config>,
+    pub tenants: TenantsHandle,
+    pub prewarm: Arc<Prewarmer>,
+    pub metrics: Arc<Metrics>,
+    pub live: DashMap<String, LiveCall>,
+    pub sink: Arc<dyn CallSink>,
+    /// Fired when the shutdown grace period is over: live calls end at once.
+    pub calls_cancel: CancellationToken,
+    /// Every call and pre-warm task.
+    pub tracker: TaskTracker,
+    /// Set on SIGTERM: new webhooks and streams get 503.
+    pub draining: AtomicBool,
+}
+
+impl std::fmt::Debug for CallRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallRuntime").field("live", &self.live.len()).finish_non_exhaustive()
+    }
+}
+
+impl CallRuntime {
+    pub fn realtime_settings(&self) -> Option<RealtimeSettings> {
+        Some(RealtimeSettings {
+            url: self.config.realtime_url(),
+            api_key: self.config.openai_api_key.clone()?,
+            timeout: self.config.realtime_connect_timeout,
+        })
+    }
+
+    pub fn session_spec(&self, tenant: &Tenant) -> SessionSpec {
+        SessionSpec::for_tenant(tenant, &self.config.transcribe_model)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Relaxed)
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+type ConnectFuture = Pin<Box<dyn std::future::Future<Output = Result<RealtimeConn, RealtimeError>> + Send>>;
+
+/// Runs one Media Stream from upgrade to record. Never panics on caller input.
+pub async fn run(rt: Arc<CallRuntime>, socket: WebSocket) {
+    let t0 = Instant::now();
+    let (mut tw_tx, mut tw_rx) = socket.split();
+
+    // 1. Handshake: wait for `start` (anything else before it is counted and ignored).
+    let start = match tokio::time::timeout(rt.config.stream_start_timeout, wait_for_start(&rt, &mut tw_rx)).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return,
+        Err(_) => {
+            warn!("media stream sent no start in time; closing");
+            let _ = tw_tx.close().await;
+            return;
+        }
+    };
+    let Some(tenant) = admit(&rt, &start) else {
+        rt.metrics.calls_rejected.fetch_add(1, Relaxed);
+        let _ = tw_tx
+            .send(TwMessage::Close(Some(CloseFrame { code: 1008, reason: "stream not bound to a call".into() })))
+            .await;
+        return;
+    };
+    let span = info_span!("call", call_sid = %start.call_sid, tenant = %tenant.id);
+    async move { run_call(rt, t0, start, tenant, tw_tx, tw_rx).await }.instrument(span).await
+}
+
+type TwTx = futures_util::stream::SplitSink<WebSocket, TwMessage>;
+type TwRx = futures_util::stream::SplitStream<WebSocket>;
+type RtTx = futures_util::stream::SplitSink<RealtimeSocket, RtMessage>;
+type RtRx = futures_util::stream::SplitStream<RealtimeSocket>;
+
+async fn wait_for_start(rt: &CallRuntime, rx: &mut TwRx) -> Option<Start> {
+    while let Some(msg) = rx.next().await {
+        let text = match msg {
+            Ok(TwMessage::Text(t)) => t,
+            Ok(TwMessage::Close(_)) | Err(_) => return None,
+            Ok(TwMessage::Binary(_)) => {
+                rt.metrics.malformed_frames.fetch_add(1, Relaxed);
+                continue;
+            }
+            Ok(_) => continue,
+        };
+        match Inbound::parse(&text) {
+            Ok(Inbound::Start(s)) => return Some(s),
+            Ok(Inbound::Connected { .. }) => {}
+            Ok(other) => {
+                rt.metrics.malformed_frames.fetch_add(1, Relaxed);
+                debug!(event = ?std::mem::discriminant(&other), "message before start ignored");
+            }
+            Err(e) => {
+                rt.metrics.malformed_frames.fetch_add(1, Relaxed);
+                debug!(error = %e, "malformed message before start ignored");
+            }
+        }
+    }
+    None
+}
+
+/// Checks the stream's binding token and finds its tenant.
+fn admit(rt: &CallRuntime, start: &Start) -> Option<Arc<Tenant>> {
+    let params = &start.custom_parameters;
+    let dir = rt.tenants.current();
+    let tenant_id = params.get("tenant").map(String::as_str).unwrap_or_default();
+    if rt.config.verify_signatures() {
+        let token = params.get(TOKEN_PARAM).map(String::as_str).unwrap_or_default();
+        let auth = rt.config.twilio_auth_token.as_ref()?;
+        if !verify_stream_token(auth.expose(), &start.call_sid, tenant_id, token) {
+            warn!(call_sid = %start.call_sid, "stream token does not match its call; refused");
+            return None;
+        }
+    }
+    let tenant = dir.by_id(tenant_id).or_else(|| params.get("to").and_then(|to| dir.resolve(to)));
+    if tenant.is_none() {
+        warn!(call_sid = %start.call_sid, tenant = %tenant_id, "stream for an unknown tenant; refused");
+    }
+    tenant
+}
+
+async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<Tenant>, mut tw_tx: TwTx, mut tw_rx: TwRx) {
+    let now = || t0.elapsed().as_millis() as Millis;
+    let params = &start.custom_parameters;
+    let call_sid = start.call_sid.clone();
+    let from = params.get("from").cloned().unwrap_or_default();
+    let started_at = unix_ms();
+    rt.live.insert(call_sid.clone(), LiveCall { tenant_id: tenant.id.clone(), from: from.clone(), started_at_ms: started_at });
+    rt.metrics.live_calls.fetch_add(1, Relaxed);
+    rt.metrics.calls_started.fetch_add(1, Relaxed);
+    info!(from = %from, "call started");
+
+    // 2. The upstream: a pre-warmed session, or open one now.
+    let spec = rt.session_spec(&tenant);
+    let mut connecting: Option<ConnectFuture> = None;
+    let mut immediate: Option<Result<RealtimeConn, RealtimeError>> = None;
+    match rt.realtime_settings() {
+        None => immediate = Some(Err(RealtimeError::Request("OPENAI_API_KEY is not set".into()))),
+        Some(settings) => {
+            let prewarm = Arc::clone(&rt.prewarm);
+            let sid = call_sid.clone();
+            let t_conn = Instant::now();
+            let metrics = Arc::clone(&rt.metrics);
+            connecting = Some(Box::pin(async move {
+                if let Some(r) = prewarm.claim(&sid).await {
+                    if r.is_ok() {
+                        return r;
+                    }
+                    debug!("pre-warmed session failed; opening a fresh one");
+                }
+                let r = realtime::open(&settings, &spec).await;
+                if r.is_ok() {
+                    metrics.realtime_connect.observe(t_conn.elapsed().as_millis() as u64);
+                }
+                r
+            }));
+        }
+    }
+
+    let mut session = CallSession::new(
+        SessionParams {
+            tenant_id: tenant.id.clone(),
+            call_sid: call_sid.clone(),
+            stream_sid: start.stream_sid.clone(),
+            from,
+            to: params.get("to").cloned().unwrap_or_else(|| tenant.numbers.first().cloned().unwrap_or_default()),
+            started_at_unix_ms: started_at,
+            language: tenant.language.clone(),
+            greeting: tenant.greeting.clone(),
+            audio_format: tenant.audio_format,
+            barge_in: tenant.barge_in.clone(),
+            apology: apology_ulaw(&tenant.language),
+            backlog_frames: rt.config.backlog_frames,
+        },
+        now(),
+        false,
+    );
+    let mut rt_tx: Option<RtTx> = None;
+    let mut rt_rx: Option<RtRx> = None;
+    let mut last_stats = CallStats::default();
+    let mut shutdown_seen = false;
+
+    if let Some(Err(e)) = immediate.take() {
+        warn!(error = %e, "realtime unavailable");
+        session.on_realtime_failed(now(), &e.to_string());
+    }
+
+    // 3. The loop.
+    loop {
+        let deadline = session.poll_timeout().map(|ms| tokio::time::Instant::from_std(t0 + Duration::from_millis(ms)));
+        tokio::select! {
+            biased;
+            _ = rt.calls_cancel.cancelled(), if !shutdown_seen => {
+                shutdown_seen = true;
+                session.on_shutdown(now());
+            }
+            msg = tw_rx.next() => match msg {
+                Some(Ok(TwMessage::Text(t))) => session.handle_twilio_text(now(), &t),
+                Some(Ok(TwMessage::Binary(_))) => {
+                    // Twilio only sends text; count and ignore.
+                    session.handle_twilio_text(now(), "");
+                }
+                Some(Ok(TwMessage::Ping(_) | TwMessage::Pong(_))) => {}
+                Some(Ok(TwMessage::Close(_))) | None => session.on_twilio_closed(now(), EndReason::StreamClosed),
+                Some(Err(e)) => {
+                    let detail = e.to_string();
+                    if detail.contains("too long") || detail.contains("Space limit") || detail.contains("size") {
+                        rt.metrics.oversized_messages.fetch_add(1, Relaxed);
+                        warn!(error = %detail, "oversized message; closing this stream");
+                    } else {
+                        debug!(error = %detail, "twilio socket error");
+                    }
+                    session.on_protocol_error(now(), &detail);
+                }
+            },
+            msg = next_rt(&mut rt_rx), if rt_rx.is_some() => match msg {
+                Some(Ok(RtMessage::Text(t))) => session.handle_realtime_text(now(), &t),
+                Some(Ok(RtMessage::Close(frame))) => {
+                    rt_rx = None;
+                    let why = frame.map(|f| format!("upstream closed ({} {})", u16::from(f.code), f.reason)).unwrap_or_else(|| "upstream closed".into());
+                    warn!(reason = %why, "realtime session ended mid-call");
+                    session.on_realtime_failed(now(), &why);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    rt_rx = None;
+                    warn!(error = %e, "realtime socket failed mid-call");
+                    session.on_realtime_failed(now(), &format!("upstream error: {e}"));
+                }
+                None => {
+                    rt_rx = None;
+                    session.on_realtime_failed(now(), "upstream closed");
+                }
+            },
+            res = async { connecting.as_mut().expect("guarded by is_some").await }, if connecting.is_some() => {
+                connecting = None;
+                match res {
+                    Ok(conn) => {
+                        let (tx, rx) = conn.socket.split();
+                        if session.upstream_open() && !session.is_ended() {
+                            rt_tx = Some(tx);
+                            rt_rx = Some(rx);
+                            session.on_realtime_ready(now());
+                        } else {
+                            let mut s = tx;
+                            let _ = s.close().await;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "could not open the realtime session");
+                        session.on_realtime_failed(now(), &e.to_string());
+                    }
+                }
+            }
+            _ = sleep_until_opt(deadline), if deadline.is_some() => session.handle_timeout(now()),
+        }
+
+        // Drain outputs: feed everything, then one flush per socket.
+        let mut tw_dirty = false;
+        let mut rt_dirty = false;
+        let mut hangup = false;
+        while let Some(out) = session.poll_output() {
+            match out {
+                Output::Twilio(s) => {
+                    if tw_tx.feed(TwMessage::Text(s.into())).await.is_err() {
+                        session.on_twilio_closed(now(), EndReason::StreamClosed);
+                    }
+                    tw_dirty = true;
+                }
+                Output::Realtime(s) => {
+                    if let Some(tx) = rt_tx.as_mut()
+                        && tx.feed(RtMessage::text(s)).await.is_err()
+                    {
+                        rt_tx = None;
+                        rt_rx = None;
+                        session.on_realtime_failed(now(), "upstream write failed");
+                    }
+                    rt_dirty = true;
+                }
+                Output::CloseRealtime => {
+                    connecting = None;
+                    rt_rx = None;
+                    if let Some(mut tx) = rt_tx.take() {
+                        let _ = tx.close().await;
+                    }
+                }
+                Output::Hangup => hangup = true,
+            }
+        }
+        if tw_dirty && tw_tx.flush().await.is_err() {
+            session.on_twilio_closed(now(), EndReason::StreamClosed);
+        }
+        if rt_dirty
+            && let Some(tx) = rt_tx.as_mut()
+            && tx.flush().await.is_err()
+        {
+            rt_tx = None;
+            rt_rx = None;
+            session.on_realtime_failed(now(), "upstream write failed");
+        }
+        handle_notices(&rt, &mut session);
+        rt.metrics.sync_call(&mut last_stats, session.stats());
+        if hangup || session.is_finished() {
+            break;
+        }
+    }
+
+    // 4. Close and record, exactly once.
+    let _ = tw_tx.close().await;
+    if let Some(mut tx) = rt_tx.take() {
+        let _ = tx.close().await;
+    }
+    let record = session.into_record(now());
+    rt.metrics.sync_call(&mut last_stats, &record.stats);
+    if let Some(ms) = record.stats.first_audio_ms {
+        rt.metrics.first_audio_latency.observe(ms);
+    }
+    if record.end_reason == EndReason::UpstreamFailed {
+        rt.metrics.upstream_failures.fetch_add(1, Relaxed);
+    }
+    rt.live.remove(&call_sid);
+    rt.metrics.live_calls.fetch_sub(1, Relaxed);
+    rt.metrics.calls_ended.fetch_add(1, Relaxed);
+    info!(
+        reason = ?record.end_reason,
+        duration_ms = record.duration_ms,
+        interruptions = record.interruptions,
+        frames_in = record.stats.frames_in,
+        frames_out = record.stats.frames_out,
+        malformed = record.stats.malformed_in,
+        "call ended"
+    );
+    rt.sink.submit(record).await;
+}
+
+fn handle_notices(rt: &CallRuntime, session: &mut CallSession) {
+    for n in session.drain_notices() {
+        match n {
+            Notice::BargeIn { source, latency_ms, audio_end_ms } => {
+                rt.metrics.barge_ins.fetch_add(1, Relaxed);
+                rt.metrics.barge_in_latency.observe(latency_ms);
+                info!(?source, latency_ms, ?audio_end_ms, "barge-in");
+            }
+            Notice::MalformedTwilio(e) => debug!(error = %e, "malformed media stream message ignored"),
+            Notice::MalformedRealtime(e) => warn!(error = %e, "unreadable realtime event ignored"),
+            Notice::UpstreamError { code, message } => {
+                warn!(code = code.as_deref().unwrap_or("-"), message = message.as_deref().unwrap_or("-"), "realtime error")
+            }
+        }
+    }
+}
+
+async fn next_rt(rx: &mut Option<RtRx>) -> Option<Result<RtMessage, tokio_tungstenite::tungstenite::Error>> {
+    match rx.as_mut() {
+        Some(rx) => rx.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,101 @@
+//! The record of one call, produced once by the session when the call ends and handed to a
+//! `CallSink` (logged now; persisted by the after-call work).
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::realtime::server::Usage;
+
+/// Why a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Twilio sent `stop`: the caller hung up (or the call was ended elsewhere).
+    CallerHangup,
+    /// The Media Streams socket closed without a `stop`.
+    StreamClosed,
+    /// The Realtime session could not be opened, was misconfigured, or dropped; the caller
+    /// heard the apology.
+    UpstreamFailed,
+    /// The daemon shut down before the call ended.
+    Shutdown,
+    /// The stream misbehaved beyond repair (e.g. an oversized message).
+    ProtocolError,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Speaker {
+    Caller,
+    Agent,
+}
+
+/// One turn of the conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TranscriptTurn {
+    pub speaker: Speaker,
+    /// Milliseconds from the start of the call.
+    pub start_ms: u64,
+    /// What the caller said, or what the caller actually heard of the agent.
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item_id: Option<String>,
+    /// The agent was cut off by the caller (barge-in).
+    #[serde(default)]
+    pub interrupted: bool,
+    /// Agent turns: ms of audio the caller heard / the model generated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heard_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generated_ms: Option<u64>,
+    /// Interrupted agent turns: the full text the model had generated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generated_text: Option<String>,
+}
+
+/// Per-call counters, useful to operators and the load generator.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallStats {
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub marks_sent: u64,
+    pub marks_acked: u64,
+    pub malformed_in: u64,
+    pub malformed_upstream: u64,
+    /// Caller frames that could not be relayed (upstream not ready and the 1 s backlog full).
+    pub frames_dropped: u64,
+    /// Agent audio deltas dropped because their item had been cut by a barge-in.
+    pub late_deltas_dropped: u64,
+    pub dtmf_digits: u64,
+    /// Start → first greeting audio frame sent to Twilio.
+    pub first_audio_ms: Option<u64>,
+    /// Speech onset (first VAD speech frame, or server speech_started) → `clear`, per barge-in.
+    pub barge_in_max_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallRecord {
+    pub tenant_id: String,
+    pub call_sid: String,
+    pub stream_sid: String,
+    pub from: String,
+    pub to: String,
+    /// Unix milliseconds.
+    pub started_at_ms: u64,
+    pub ended_at_ms: u64,
+    pub duration_ms: u64,
+    pub end_reason: EndReason,
+    /// Human detail for the end reason (e.g. the upstream error), no secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_detail: Option<String>,
+    pub transcript: Vec<TranscriptTurn>,
+    pub interruptions: u32,
+    /// From the local VAD on the caller's frames.
+    pub caller_talk_ms: u64,
+    /// Agent audio the caller actually heard (acknowledged marks).
+    pub agent_talk_ms: u64,
+    pub usage: Usage,
+    pub stats: CallStats,
+}

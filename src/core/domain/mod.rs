@@ -1,0 +1,4 @@
+//! Domain values: tenants and call records.
+
+pub mod call;
+pub mod tenant;

@@ -1,0 +1,882 @@
+//! `CallSession`: the per-call state machine between Twilio and the Realtime API.
+//!
+//! Sans-IO, like str0m: the bridge feeds it what arrived (`handle_twilio_text`,
+//! `handle_realtime_text`, `on_realtime_ready`, `on_realtime_failed`, `handle_timeout`) with
+//! the current time, then drains [`CallSession::poll_output`] and sleeps until
+//! [`CallSession::poll_timeout`]. It owns the playback ledger (which agent audio the caller
+//! actually heard, from echoed marks), barge-in, the response queue and the transcript.
+//!
+//! It must not do I/O or read the clock: `now` is milliseconds on any monotonic clock the
+//! caller chooses, so tests run faster than real time.
+
+mod ledger;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use crate::core::audio::framing::{FRAME_BYTES, FrameQueue};
+use crate::core::audio::resample::{Downsampler, Upsampler};
+use crate::core::audio::{mulaw, vad::FrameVad};
+use crate::core::domain::call::{CallRecord, CallStats, EndReason, Speaker, TranscriptTurn};
+use crate::core::domain::tenant::{AudioFormat, BargeIn};
+use crate::core::realtime::client;
+use crate::core::realtime::server::{ServerEvent, Usage};
+use crate::core::realtime::session_config::greeting_instructions;
+use crate::core::twilio::messages::{Inbound, OutboundWriter};
+
+pub use ledger::{AgentItem, heard_text};
+use ledger::{ItemKind, Outstanding};
+
+/// Milliseconds on the caller's monotonic clock.
+pub type Millis = u64;
+
+/// Everything a session needs to know about its call.
+#[derive(Debug, Clone)]
+pub struct SessionParams {
+    pub tenant_id: String,
+    pub call_sid: String,
+    pub stream_sid: String,
+    pub from: String,
+    pub to: String,
+    /// Wall-clock start, Unix ms (a value handed in; the session never reads a clock).
+    pub started_at_unix_ms: u64,
+    pub language: String,
+    pub greeting: String,
+    pub audio_format: AudioFormat,
+    pub barge_in: BargeIn,
+    /// Pre-rendered mu-law apology played when the upstream fails.
+    pub apology: &'static [u8],
+    /// Caller frames kept while the upstream is not ready yet (50 = 1 s).
+    pub backlog_frames: usize,
+}
+
+/// What the bridge must do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send this text frame to Twilio.
+    Twilio(String),
+    /// Send this text frame to the Realtime API.
+    Realtime(String),
+    /// Close the Realtime socket now.
+    CloseRealtime,
+    /// Close the Twilio stream (the TwiML after `<Connect>` hangs up).
+    Hangup,
+}
+
+/// Something worth counting or logging that happened inside the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    BargeIn { source: BargeInSource, latency_ms: u64, audio_end_ms: Option<u64> },
+    MalformedTwilio(String),
+    MalformedRealtime(String),
+    UpstreamError { code: Option<String>, message: Option<String> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BargeInSource {
+    LocalVad,
+    ServerVad,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upstream {
+    Pending,
+    Ready,
+    Gone,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Live,
+    /// Playing the apology, then hang up (at the latest at the deadline).
+    Apologizing { deadline: Millis },
+    Ended,
+}
+
+/// Frames of silence the local VAD tolerates inside one stretch of speech.
+const VAD_HANGOVER_MS: u64 = 60;
+/// Extra time after the apology's nominal length before hanging up anyway.
+const APOLOGY_SLACK_MS: u64 = 3_000;
+
+pub struct CallSession {
+    p: SessionParams,
+    out: VecDeque<Output>,
+    notices: Vec<Notice>,
+    writer: OutboundWriter,
+    start: Millis,
+    upstream: Upstream,
+    phase: Phase,
+    end_reason: Option<(EndReason, Option<String>)>,
+    greeted: bool,
+    backlog: VecDeque<String>,
+
+    // Inbound scratch buffers, reused for every frame.
+    bytes: Vec<u8>,
+    pcm8k: Vec<i16>,
+    pcm24k: Vec<i16>,
+    b64: String,
+    vad: FrameVad,
+    speech_run_ms: u64,
+    silence_gap_ms: u64,
+    speech_onset: Option<Millis>,
+    up: Option<Upsampler>,
+    down: Option<Downsampler>,
+    down_carry: Option<u8>,
+
+    // Outbound: held audio, what is queued at Twilio, the ledger of items.
+    held: FrameQueue,
+    frame: Vec<u8>,
+    outstanding: Outstanding,
+    items: Vec<AgentItem>,
+    item_index: HashMap<String, usize>,
+    cut_responses: HashSet<String>,
+
+    // Responses: one at a time; ours are queued, never doubled.
+    response_active: Option<String>,
+    cancel_sent: bool,
+    create_in_flight: Option<(String, String)>,
+    /// The last `response.create` sent, kept to re-queue it if the server refuses it.
+    last_create: Option<(String, String)>,
+    create_queue: VecDeque<(String, String)>,
+    create_seq: u64,
+
+    caller_turns: Vec<TranscriptTurn>,
+    caller_item_start: HashMap<String, Millis>,
+    interruptions: u32,
+    caller_talk_ms: u64,
+    usage: Usage,
+    stats: CallStats,
+}
+
+impl std::fmt::Debug for CallSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallSession")
+            .field("call_sid", &self.p.call_sid)
+            .field("upstream", &self.upstream)
+            .field("phase", &self.phase)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CallSession {
+    /// A session for a stream whose `start` has been received. `upstream_ready` is true when a
+    /// pre-warmed, checked Realtime session is already attached.
+    pub fn new(p: SessionParams, now: Millis, upstream_ready: bool) -> Self {
+        let (up, down) = match p.audio_format {
+            AudioFormat::Pcmu => (None, None),
+            // The resampler constructors only fail on invalid fixed parameters; fall back to
+            // pass-through would be wrong, so a failure is logged and the format is kept
+            // (frames then go through `pcm_fallback`).
+            AudioFormat::Pcm24k => (Upsampler::new().ok(), Downsampler::new().ok()),
+        };
+        let writer = OutboundWriter::new(&p.stream_sid);
+        let vad = FrameVad::new(p.barge_in.vad_mode);
+        let mut s = Self {
+            writer,
+            out: VecDeque::with_capacity(16),
+            notices: Vec::new(),
+            start: now,
+            upstream: Upstream::Pending,
+            phase: Phase::Live,
+            end_reason: None,
+            greeted: false,
+            backlog: VecDeque::new(),
+            bytes: Vec::with_capacity(FRAME_BYTES * 2),
+            pcm8k: Vec::with_capacity(FRAME_BYTES * 2),
+            pcm24k: Vec::with_capacity(FRAME_BYTES * 6),
+            b64: String::with_capacity(1024),
+            vad,
+            speech_run_ms: 0,
+            silence_gap_ms: 0,
+            speech_onset: None,
+            up,
+            down,
+            down_carry: None,
+            held: FrameQueue::new(),
+            frame: Vec::with_capacity(FRAME_BYTES),
+            outstanding: Outstanding::default(),
+            items: Vec::new(),
+            item_index: HashMap::new(),
+            cut_responses: HashSet::new(),
+            response_active: None,
+            cancel_sent: false,
+            create_in_flight: None,
+            last_create: None,
+            create_queue: VecDeque::new(),
+            create_seq: 0,
+            caller_turns: Vec::new(),
+            caller_item_start: HashMap::new(),
+            interruptions: 0,
+            caller_talk_ms: 0,
+            usage: Usage::default(),
+            stats: CallStats::default(),
+            p,
+        };
+        if upstream_ready {
+            s.on_realtime_ready(now);
+        }
+        s
+    }
+
+    pub fn params(&self) -> &SessionParams {
+        &self.p
+    }
+
+    pub fn stats(&self) -> &CallStats {
+        &self.stats
+    }
+
+    /// The next thing to send or do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// Things to log or count since the last call.
+    pub fn drain_notices(&mut self) -> std::vec::Drain<'_, Notice> {
+        self.notices.drain(..)
+    }
+
+    /// When `handle_timeout` must be called next.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        match self.phase {
+            Phase::Apologizing { deadline } => Some(deadline),
+            _ => None,
+        }
+    }
+
+    /// True once the call is over and every output has been drained.
+    pub fn is_finished(&self) -> bool {
+        self.phase == Phase::Ended && self.out.is_empty()
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.phase == Phase::Ended
+    }
+
+    /// Whether the upstream socket is expected to be open.
+    pub fn upstream_open(&self) -> bool {
+        self.upstream != Upstream::Gone
+    }
+
+    pub fn handle_timeout(&mut self, now: Millis) {
+        if let Phase::Apologizing { deadline } = self.phase
+            && now >= deadline
+        {
+            self.end(now, None);
+        }
+    }
+
+    // ------------------------------------------------------------------ upstream lifecycle
+
+    /// The Realtime session is open and its `session.updated` checked: relay, then greet.
+    pub fn on_realtime_ready(&mut self, now: Millis) {
+        if self.upstream != Upstream::Pending || self.phase != Phase::Live {
+            return;
+        }
+        self.upstream = Upstream::Ready;
+        while let Some(m) = self.backlog.pop_front() {
+            self.out.push_back(Output::Realtime(m));
+        }
+        if !self.greeted {
+            self.greeted = true;
+            let instructions = greeting_instructions(&self.p.greeting);
+            self.request_response(Some(&instructions));
+        }
+        let _ = now;
+    }
+
+    /// The Realtime session could not be opened, was misconfigured, or dropped: apologise in
+    /// the tenant's language with pre-rendered audio, then hang up. No dead air.
+    pub fn on_realtime_failed(&mut self, now: Millis, detail: &str) {
+        if self.phase != Phase::Live {
+            return;
+        }
+        if self.upstream != Upstream::Gone {
+            self.upstream = Upstream::Gone;
+            self.out.push_back(Output::CloseRealtime);
+        }
+        self.end_reason = Some((EndReason::UpstreamFailed, Some(detail.to_owned())));
+        // Stop whatever agent audio is queued; the apology replaces it.
+        if self.outstanding.queued_bytes() > 0 || self.held.held_bytes() > 0 {
+            self.clear_playback();
+        }
+        self.response_active = None;
+        self.create_queue.clear();
+        self.create_in_flight = None;
+        let idx = self.items.len();
+        let mut item = AgentItem::new("switchboard-apology".into(), None, ItemKind::Apology, now - self.start);
+        item.generated_bytes = self.p.apology.len() as u64;
+        item.generation_done = true;
+        self.items.push(item);
+        self.held.push(idx, self.p.apology);
+        let dur = self.p.apology.len() as u64 / 8;
+        self.phase = Phase::Apologizing { deadline: now + dur + APOLOGY_SLACK_MS };
+        self.pump(now);
+    }
+
+    // ------------------------------------------------------------------ Twilio side
+
+    /// One text frame from Twilio. Malformed frames are counted and ignored.
+    pub fn handle_twilio_text(&mut self, now: Millis, text: &str) {
+        let msg = match Inbound::parse(text) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.malformed_in += 1;
+                self.notices.push(Notice::MalformedTwilio(e.to_string()));
+                return;
+            }
+        };
+        match msg {
+            Inbound::Media { payload, inbound, .. } => {
+                if inbound {
+                    self.on_media(now, &payload);
+                }
+            }
+            Inbound::Mark { name } => self.on_mark(now, &name),
+            Inbound::Dtmf { digit } => self.on_dtmf(now, &digit),
+            Inbound::Stop { .. } => self.on_twilio_closed(now, EndReason::CallerHangup),
+            Inbound::Connected { .. } => {}
+            Inbound::Start(_) => {
+                // A second start on the same socket is a protocol violation; ignore it.
+                self.stats.malformed_in += 1;
+                self.notices.push(Notice::MalformedTwilio("repeated start".into()));
+            }
+        }
+    }
+
+    /// The Twilio socket ended (`stop`, close, or error).
+    pub fn on_twilio_closed(&mut self, now: Millis, reason: EndReason) {
+        if self.phase == Phase::Ended {
+            return;
+        }
+        if self.end_reason.is_none() || reason == EndReason::CallerHangup {
+            // A hang-up during the apology keeps the upstream failure as the reason.
+            if !matches!(self.end_reason, Some((EndReason::UpstreamFailed, _))) {
+                self.end_reason = Some((reason, None));
+            }
+        }
+        self.end(now, None);
+    }
+
+    /// The daemon is shutting down: end now.
+    pub fn on_shutdown(&mut self, now: Millis) {
+        if self.phase == Phase::Ended {
+            return;
+        }
+        if self.end_reason.is_none() {
+            self.end_reason = Some((EndReason::Shutdown, None));
+        }
+        self.end(now, Some(()));
+    }
+
+    /// An oversized or otherwise unusable stream: end it.
+    pub fn on_protocol_error(&mut self, now: Millis, detail: &str) {
+        if self.phase == Phase::Ended {
+            return;
+        }
+        self.end_reason = Some((EndReason::ProtocolError, Some(detail.to_owned())));
+        self.end(now, Some(()));
+    }
+
+    fn on_media(&mut self, now: Millis, payload: &str) {
+        self.bytes.clear();
+        if B64.decode_vec(payload.as_bytes(), &mut self.bytes).is_err() || self.bytes.is_empty() {
+            self.stats.malformed_in += 1;
+            self.notices.push(Notice::MalformedTwilio("media payload is not base64 audio".into()));
+            return;
+        }
+        self.stats.frames_in += 1;
+        mulaw::decode_into(&self.bytes, &mut self.pcm8k);
+        let frame_ms = self.bytes.len() as u64 / 8;
+
+        // Local VAD, 20 ms at a time (any remainder shorter than 10 ms is not classified).
+        let mut speech = false;
+        for chunk in self.pcm8k.chunks(FRAME_BYTES) {
+            if self.vad.is_speech(chunk) {
+                speech = true;
+            }
+        }
+        self.track_speech(now, speech, frame_ms);
+
+        if self.phase != Phase::Live {
+            return;
+        }
+        let msg = match self.p.audio_format {
+            // Pass-through: the caller's base64 is forwarded as received (it decoded, so it is
+            // plain base64 and needs no escaping).
+            AudioFormat::Pcmu => client::append_audio(payload),
+            AudioFormat::Pcm24k => {
+                self.pcm24k.clear();
+                if let Some(up) = self.up.as_mut() {
+                    up.process(&self.pcm8k, &mut self.pcm24k);
+                }
+                if self.pcm24k.is_empty() {
+                    return;
+                }
+                self.bytes.clear();
+                for s in &self.pcm24k {
+                    self.bytes.extend_from_slice(&s.to_le_bytes());
+                }
+                self.b64.clear();
+                B64.encode_string(&self.bytes, &mut self.b64);
+                client::append_audio(&self.b64)
+            }
+        };
+        match self.upstream {
+            Upstream::Ready => self.out.push_back(Output::Realtime(msg)),
+            Upstream::Pending => {
+                if self.backlog.len() >= self.p.backlog_frames.max(1) {
+                    self.backlog.pop_front();
+                    self.stats.frames_dropped += 1;
+                }
+                self.backlog.push_back(msg);
+            }
+            Upstream::Gone => {}
+        }
+    }
+
+    fn track_speech(&mut self, now: Millis, speech: bool, frame_ms: u64) {
+        if speech {
+            if self.speech_run_ms == 0 {
+                self.speech_onset = Some(now);
+            }
+            self.speech_run_ms += frame_ms;
+            self.silence_gap_ms = 0;
+            self.caller_talk_ms += frame_ms;
+        } else {
+            self.silence_gap_ms += frame_ms;
+            if self.silence_gap_ms > VAD_HANGOVER_MS {
+                self.speech_run_ms = 0;
+                self.speech_onset = None;
+            }
+        }
+        if self.speech_run_ms >= u64::from(self.p.barge_in.min_speech_ms) {
+            self.barge_in(now, BargeInSource::LocalVad);
+        }
+    }
+
+    fn on_mark(&mut self, now: Millis, name: &str) {
+        match self.outstanding.ack(name) {
+            Some(acks) => {
+                for (tag, end) in acks {
+                    self.stats.marks_acked += 1;
+                    if let Some(item) = self.items.get_mut(tag) {
+                        item.heard_bytes = item.heard_bytes.max(end);
+                    }
+                }
+                self.pump(now);
+                self.maybe_finish_apology(now);
+            }
+            None => {
+                // Echo of a cleared generation, or not ours: ignored by design.
+            }
+        }
+    }
+
+    fn on_dtmf(&mut self, now: Millis, digit: &str) {
+        let valid = digit.len() == 1 && digit.chars().all(|c| c.is_ascii_digit() || c == '*' || c == '#');
+        if !valid {
+            self.stats.malformed_in += 1;
+            self.notices.push(Notice::MalformedTwilio(format!("bad dtmf digit {digit:?}")));
+            return;
+        }
+        self.stats.dtmf_digits += 1;
+        self.caller_turns.push(TranscriptTurn {
+            speaker: Speaker::Caller,
+            start_ms: now - self.start,
+            text: format!("[pressed {digit}]"),
+            item_id: None,
+            interrupted: false,
+            heard_ms: None,
+            generated_ms: None,
+            generated_text: None,
+        });
+        if self.upstream == Upstream::Ready && self.phase == Phase::Live {
+            let text = format!("(The caller pressed the key {digit} on their phone keypad.)");
+            self.out.push_back(Output::Realtime(client::user_text_item(&text)));
+            self.request_response(None);
+        }
+    }
+
+    // ------------------------------------------------------------------ Realtime side
+
+    /// One text frame from the Realtime API.
+    pub fn handle_realtime_text(&mut self, now: Millis, text: &str) {
+        let ev = match ServerEvent::parse(text) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.stats.malformed_upstream += 1;
+                self.notices.push(Notice::MalformedRealtime(e.to_string()));
+                return;
+            }
+        };
+        if self.upstream != Upstream::Ready {
+            return;
+        }
+        match ev {
+            ServerEvent::AudioDelta { item_id, delta, response_id } => {
+                self.on_audio_delta(now, &item_id, response_id.as_deref(), &delta)
+            }
+            ServerEvent::SpeechStarted { item_id, .. } => {
+                if let Some(id) = item_id {
+                    self.caller_item_start.insert(id, now - self.start);
+                }
+                self.barge_in(now, BargeInSource::ServerVad);
+            }
+            ServerEvent::InputTranscriptionCompleted { item_id, transcript } => {
+                self.push_caller_turn(now, item_id, transcript.trim().to_owned())
+            }
+            ServerEvent::InputTranscriptionFailed { item_id, .. } => {
+                self.push_caller_turn(now, item_id, "(inaudible)".into())
+            }
+            ServerEvent::ResponseCreated { response_id } => {
+                self.create_in_flight = None;
+                self.response_active = Some(response_id);
+                self.cancel_sent = false;
+            }
+            ServerEvent::ResponseDone { response_id, usage, .. } => {
+                if let Some(u) = usage {
+                    self.usage.add(&u);
+                }
+                for item in self.items.iter_mut().filter(|i| i.response_id.as_deref() == Some(&response_id)) {
+                    item.generation_done = true;
+                }
+                self.flush_resampler_tail(now);
+                if self.response_active.as_deref() == Some(response_id.as_str()) || response_id.is_empty() {
+                    self.response_active = None;
+                }
+                self.cancel_sent = false;
+                self.next_response();
+                self.pump(now);
+            }
+            ServerEvent::OutputItemAdded { response_id, item_id, item_type, role } => {
+                if item_type == "message" && role.as_deref().is_none_or(|r| r == "assistant") {
+                    self.item_for(now, &item_id, response_id.as_deref());
+                }
+            }
+            ServerEvent::AudioDone { item_id } => {
+                self.flush_resampler_tail(now);
+                if let Some(&i) = self.item_index.get(&item_id) {
+                    self.items[i].generation_done = true;
+                }
+                self.pump(now);
+            }
+            ServerEvent::TranscriptDelta { item_id, delta } => {
+                if let Some(&i) = self.item_index.get(&item_id) {
+                    self.items[i].transcript.push_str(&delta);
+                }
+            }
+            ServerEvent::TranscriptDone { item_id, transcript } => {
+                if let Some(&i) = self.item_index.get(&item_id) {
+                    self.items[i].transcript = transcript;
+                }
+            }
+            ServerEvent::Error(err) => {
+                if err.code.as_deref() == Some("conversation_already_has_active_response") {
+                    let ours = match (err.event_id.as_deref(), &self.last_create) {
+                        (Some(e), Some((id, _))) => e == id,
+                        (None, Some(_)) => self.create_in_flight.is_some(),
+                        _ => false,
+                    };
+                    if ours && let Some(c) = self.last_create.take() {
+                        // The server started a response of its own first: ours waits its turn.
+                        self.create_in_flight = None;
+                        self.create_queue.push_front(c);
+                    }
+                }
+                let fatal = err.is_fatal();
+                self.notices.push(Notice::UpstreamError { code: err.code.clone(), message: err.message.clone() });
+                if fatal {
+                    let detail = format!("realtime error {}", err.code.as_deref().unwrap_or("unknown"));
+                    self.on_realtime_failed(now, &detail);
+                }
+            }
+            ServerEvent::SessionCreated
+            | ServerEvent::SessionUpdated { .. }
+            | ServerEvent::SpeechStopped { .. }
+            | ServerEvent::InputCommitted { .. }
+            | ServerEvent::FunctionCallArgumentsDone { .. }
+            | ServerEvent::ItemTruncated { .. }
+            | ServerEvent::Other(_) => {}
+        }
+    }
+
+    fn push_caller_turn(&mut self, now: Millis, item_id: String, text: String) {
+        let start_ms = self.caller_item_start.remove(&item_id).unwrap_or(now - self.start);
+        self.caller_turns.push(TranscriptTurn {
+            speaker: Speaker::Caller,
+            start_ms,
+            text,
+            item_id: Some(item_id),
+            interrupted: false,
+            heard_ms: None,
+            generated_ms: None,
+            generated_text: None,
+        });
+    }
+
+    fn item_for(&mut self, now: Millis, item_id: &str, response_id: Option<&str>) -> usize {
+        if let Some(&i) = self.item_index.get(item_id) {
+            return i;
+        }
+        let i = self.items.len();
+        self.items.push(AgentItem::new(
+            item_id.to_owned(),
+            response_id.map(str::to_owned),
+            ItemKind::Agent,
+            now - self.start,
+        ));
+        self.item_index.insert(item_id.to_owned(), i);
+        i
+    }
+
+    fn on_audio_delta(&mut self, now: Millis, item_id: &str, response_id: Option<&str>, delta: &str) {
+        if self.phase != Phase::Live {
+            return;
+        }
+        if response_id.is_some_and(|r| self.cut_responses.contains(r)) {
+            self.stats.late_deltas_dropped += 1;
+            return;
+        }
+        let idx = self.item_for(now, item_id, response_id);
+        if self.items[idx].cut {
+            self.stats.late_deltas_dropped += 1;
+            return;
+        }
+        self.bytes.clear();
+        if B64.decode_vec(delta.as_bytes(), &mut self.bytes).is_err() {
+            self.stats.malformed_upstream += 1;
+            self.notices.push(Notice::MalformedRealtime("audio delta is not base64".into()));
+            return;
+        }
+        match self.p.audio_format {
+            AudioFormat::Pcmu => {
+                self.items[idx].generated_bytes += self.bytes.len() as u64;
+                self.held.push(idx, &self.bytes);
+            }
+            AudioFormat::Pcm24k => {
+                self.items[idx].generated_pcm24k_bytes += self.bytes.len() as u64;
+                self.pcm24k.clear();
+                let mut raw = self.bytes.as_slice();
+                if let Some(lo) = self.down_carry.take()
+                    && let Some((&hi, rest)) = raw.split_first()
+                {
+                    self.pcm24k.push(i16::from_le_bytes([lo, hi]));
+                    raw = rest;
+                }
+                let mut pairs = raw.chunks_exact(2);
+                self.pcm24k.extend(pairs.by_ref().map(|b| i16::from_le_bytes([b[0], b[1]])));
+                if let [odd] = pairs.remainder() {
+                    self.down_carry = Some(*odd);
+                }
+                self.resample_down_into_item(idx);
+            }
+        }
+        self.pump(now);
+    }
+
+    /// Downsamples `self.pcm24k` and appends the mu-law result to item `idx`.
+    fn resample_down_into_item(&mut self, idx: usize) {
+        self.pcm8k.clear();
+        if let Some(down) = self.down.as_mut() {
+            down.process(&self.pcm24k, &mut self.pcm8k);
+        }
+        self.bytes.clear();
+        mulaw::encode_into(&self.pcm8k, &mut self.bytes);
+        self.items[idx].generated_bytes += self.bytes.len() as u64;
+        self.held.push(idx, &self.bytes);
+    }
+
+    /// In pcm24k mode the downsampler holds back up to one chunk; push it out at item end
+    /// with a chunk of silence so the last syllable is not lost.
+    fn flush_resampler_tail(&mut self, _now: Millis) {
+        if self.p.audio_format != AudioFormat::Pcm24k {
+            return;
+        }
+        let Some(idx) = self.items.iter().rposition(|i| i.kind == ItemKind::Agent && !i.cut) else {
+            return;
+        };
+        if self.items[idx].tail_flushed || self.items[idx].generated_pcm24k_bytes == 0 {
+            return;
+        }
+        self.items[idx].tail_flushed = true;
+        self.down_carry = None;
+        self.pcm24k.clear();
+        self.pcm24k.resize(480, 0);
+        self.resample_down_into_item(idx);
+    }
+
+    // ------------------------------------------------------------------ outbound pacing
+
+    /// Sends held frames while less than the playback lead is queued at Twilio.
+    fn pump(&mut self, now: Millis) {
+        if self.phase == Phase::Ended {
+            return;
+        }
+        let lead = u64::from(self.p.barge_in.playback_lead_ms) * 8;
+        while self.outstanding.queued_bytes() < lead {
+            let Some((tag, avail)) = self.held.front() else { break };
+            let done = self.items.get(tag).is_none_or(|i| i.generation_done);
+            if avail < FRAME_BYTES && !done && !self.held.has_later() {
+                break; // wait for the rest of the frame
+            }
+            let Some(tag) = self.held.pop(FRAME_BYTES, &mut self.frame) else { break };
+            self.b64.clear();
+            B64.encode_string(&self.frame, &mut self.b64);
+            self.out.push_back(Output::Twilio(self.writer.media(&self.b64)));
+            self.stats.frames_out += 1;
+            let n = self.frame.len() as u64;
+            let item = &mut self.items[tag];
+            item.sent_bytes += n;
+            if item.first_sent_ms.is_none() {
+                item.first_sent_ms = Some(now - self.start);
+                if self.stats.first_audio_ms.is_none() && item.kind == ItemKind::Agent {
+                    self.stats.first_audio_ms = Some(now - self.start);
+                }
+            }
+            let name = self.outstanding.push(tag, item.sent_bytes, n);
+            self.out.push_back(Output::Twilio(self.writer.mark(&name)));
+            self.stats.marks_sent += 1;
+        }
+    }
+
+    fn agent_audio_pending(&self) -> bool {
+        self.outstanding.queued_bytes() > 0 || self.held.held_bytes() > 0
+    }
+
+    /// Drops everything queued at Twilio and held locally; later echoes are ignored.
+    fn clear_playback(&mut self) {
+        self.out.push_back(Output::Twilio(self.writer.clear()));
+        self.outstanding.clear_generation();
+        self.held.clear();
+    }
+
+    /// The caller talks over the agent: `clear`, truncate to what was heard, cancel.
+    fn barge_in(&mut self, now: Millis, source: BargeInSource) {
+        if !self.p.barge_in.enabled || self.phase != Phase::Live || !self.agent_audio_pending() {
+            return;
+        }
+        // Snapshot what was heard before `clear` makes Twilio echo every pending mark.
+        let mut first_end = None;
+        let pending: Vec<usize> = self
+            .items
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.kind == ItemKind::Agent && !i.cut && i.heard_bytes < i.generated_bytes)
+            .map(|(n, _)| n)
+            .collect();
+        self.clear_playback();
+        for idx in pending {
+            let item = &mut self.items[idx];
+            item.cut = true;
+            item.interrupted = true;
+            let end = item.heard_ms().min(item.generated_ms());
+            if let Some(r) = &item.response_id
+                && !item.generation_done
+            {
+                self.cut_responses.insert(r.clone());
+            }
+            if item.generated_bytes > 0 {
+                self.out.push_back(Output::Realtime(client::truncate(&item.item_id, end)));
+                first_end.get_or_insert(end);
+            }
+        }
+        if self.response_active.is_some() && !self.cancel_sent {
+            self.cancel_sent = true;
+            self.out.push_back(Output::Realtime(client::response_cancel()));
+        }
+        self.interruptions += 1;
+        let latency_ms = now - self.speech_onset.unwrap_or(now);
+        self.stats.barge_in_max_ms = Some(self.stats.barge_in_max_ms.unwrap_or(0).max(latency_ms));
+        self.notices.push(Notice::BargeIn { source, latency_ms, audio_end_ms: first_end });
+    }
+
+    // ------------------------------------------------------------------ responses
+
+    fn request_response(&mut self, instructions: Option<&str>) {
+        self.create_seq += 1;
+        let id = format!("sb_resp_{}", self.create_seq);
+        let msg = client::response_create(&id, instructions);
+        self.create_queue.push_back((id, msg));
+        self.next_response();
+    }
+
+    fn next_response(&mut self) {
+        if self.response_active.is_some() || self.create_in_flight.is_some() || self.upstream != Upstream::Ready {
+            return;
+        }
+        if let Some((id, msg)) = self.create_queue.pop_front() {
+            self.out.push_back(Output::Realtime(msg.clone()));
+            self.create_in_flight = Some((id.clone(), msg.clone()));
+            self.last_create = Some((id, msg));
+        }
+    }
+
+    // ------------------------------------------------------------------ ending
+
+    fn maybe_finish_apology(&mut self, now: Millis) {
+        if matches!(self.phase, Phase::Apologizing { .. })
+            && self.outstanding.queued_bytes() == 0
+            && self.held.held_bytes() == 0
+        {
+            self.end(now, None);
+        }
+    }
+
+    fn end(&mut self, now: Millis, _shutdown: Option<()>) {
+        if self.phase == Phase::Ended {
+            return;
+        }
+        let _ = now;
+        self.phase = Phase::Ended;
+        if self.upstream != Upstream::Gone {
+            self.upstream = Upstream::Gone;
+            self.out.push_back(Output::CloseRealtime);
+        }
+        if self.end_reason.is_none() {
+            self.end_reason = Some((EndReason::StreamClosed, None));
+        }
+        self.out.push_back(Output::Hangup);
+    }
+
+    /// The call record. Call once, after the session ended (or to force an end).
+    pub fn into_record(mut self, now: Millis) -> CallRecord {
+        if self.phase != Phase::Ended {
+            self.on_twilio_closed(now, EndReason::StreamClosed);
+        }
+        let duration_ms = now.saturating_sub(self.start);
+        let (end_reason, end_detail) = self.end_reason.clone().unwrap_or((EndReason::StreamClosed, None));
+        let mut transcript = std::mem::take(&mut self.caller_turns);
+        let mut agent_talk_ms = 0;
+        for item in self.items.iter().filter(|i| i.kind == ItemKind::Agent) {
+            agent_talk_ms += item.heard_ms();
+            if let Some(turn) = item.turn() {
+                transcript.push(turn);
+            }
+        }
+        transcript.sort_by_key(|t| t.start_ms);
+        CallRecord {
+            tenant_id: self.p.tenant_id.clone(),
+            call_sid: self.p.call_sid.clone(),
+            stream_sid: self.p.stream_sid.clone(),
+            from: self.p.from.clone(),
+            to: self.p.to.clone(),
+            started_at_ms: self.p.started_at_unix_ms,
+            ended_at_ms: self.p.started_at_unix_ms + duration_ms,
+            duration_ms,
+            end_reason,
+            end_detail,
+            transcript,
+            interruptions: self.interruptions,
+            caller_talk_ms: self.caller_talk_ms,
+            agent_talk_ms,
+            usage: self.usage,
+            stats: self.stats,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,370 @@
+//! Scripted session runs, faster than real time: exact `clear` / `truncate` / `cancel`
+//! outputs for given marks and speech, pacing, the response queue, the apology, the record.
+
+use super::*;
+use serde_json::{Value, json};
+
+const SPEECH: &[u8] = include_bytes!("../../../fixtures/it_caller_booking.ulaw");
+
+fn params(format: AudioFormat) -> SessionParams {
+    SessionParams {
+        tenant_id: "trattoria-mario".into(),
+        call_sid: "CA1".into(),
+        stream_sid: "MZ1".into(),
+        from: "+393331234567".into(),
+        to: "+39021111111".into(),
+        started_at_unix_ms: 1_700_000_000_000,
+        language: "it".into(),
+        greeting: "Trattoria da Mario, buongiorno!".into(),
+        audio_format: format,
+        barge_in: BargeIn::default(),
+        apology: &[0x55; 1600],
+        backlog_frames: 3,
+    }
+}
+
+fn drain(s: &mut CallSession) -> Vec<Output> {
+    std::iter::from_fn(|| s.poll_output()).collect()
+}
+
+fn json_of(o: &Output) -> Value {
+    match o {
+        Output::Twilio(t) | Output::Realtime(t) => serde_json::from_str(t).expect("outputs are JSON"),
+        other => json!({"other": format!("{other:?}")}),
+    }
+}
+
+fn media(bytes: &[u8], ts: u64) -> String {
+    json!({"event":"media","streamSid":"MZ1","media":{"track":"inbound","chunk":"1","timestamp":ts.to_string(),"payload":B64.encode(bytes)}}).to_string()
+}
+
+fn mark(name: &str) -> String {
+    json!({"event":"mark","streamSid":"MZ1","mark":{"name":name}}).to_string()
+}
+
+fn rt(v: Value) -> String {
+    v.to_string()
+}
+
+fn delta(item: &str, resp: &str, bytes: &[u8]) -> String {
+    rt(json!({"type":"response.output_audio.delta","response_id":resp,"item_id":item,"output_index":0,"content_index":0,"delta":B64.encode(bytes)}))
+}
+
+/// A ready session whose greeting response is active and has produced `ms` of item_1 audio.
+fn speaking(ms: usize) -> (CallSession, Vec<Output>) {
+    let mut s = CallSession::new(params(AudioFormat::Pcmu), 0, true);
+    drain(&mut s);
+    s.handle_realtime_text(10, &rt(json!({"type":"response.created","response":{"id":"resp_1","status":"in_progress"}})));
+    s.handle_realtime_text(11, &rt(json!({"type":"response.output_item.added","response_id":"resp_1","item":{"id":"item_1","type":"message","role":"assistant"}})));
+    let audio: Vec<u8> = (0..ms * 8).map(|i| (i % 251) as u8).collect();
+    s.handle_realtime_text(12, &delta("item_1", "resp_1", &audio));
+    let out = drain(&mut s);
+    (s, out)
+}
+
+fn twilio_payloads(out: &[Output]) -> Vec<Vec<u8>> {
+    out.iter()
+        .map(json_of)
+        .filter(|v| v["event"] == "media")
+        .map(|v| B64.decode(v["media"]["payload"].as_str().unwrap()).unwrap())
+        .collect()
+}
+
+fn mark_names(out: &[Output]) -> Vec<String> {
+    out.iter().map(json_of).filter(|v| v["event"] == "mark").map(|v| v["mark"]["name"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn greeting_is_requested_first_once_upstream_is_ready() {
+    let mut s = CallSession::new(params(AudioFormat::Pcmu), 0, false);
+    assert!(drain(&mut s).is_empty(), "nothing before the upstream is ready");
+    s.on_realtime_ready(5);
+    let out = drain(&mut s);
+    assert_eq!(out.len(), 1);
+    let v = json_of(&out[0]);
+    assert_eq!(v["type"], "response.create");
+    assert!(v["response"]["instructions"].as_str().unwrap().contains("Trattoria da Mario, buongiorno!"));
+    s.on_realtime_ready(6);
+    assert!(drain(&mut s).is_empty(), "greeting never doubled");
+}
+
+#[test]
+fn caller_audio_passes_through_byte_exact_and_backlog_is_bounded() {
+    let mut s = CallSession::new(params(AudioFormat::Pcmu), 0, false);
+    let frames: Vec<Vec<u8>> = (0..5u8).map(|k| vec![0xF0 | k; 160]).collect();
+    for (i, f) in frames.iter().enumerate() {
+        s.handle_twilio_text(i as u64 * 20, &media(f, i as u64 * 20));
+    }
+    assert!(drain(&mut s).is_empty());
+    assert_eq!(s.stats().frames_dropped, 2, "backlog of 3 keeps the newest");
+    s.on_realtime_ready(100);
+    let out = drain(&mut s);
+    let appended: Vec<Vec<u8>> = out
+        .iter()
+        .map(json_of)
+        .filter(|v| v["type"] == "input_audio_buffer.append")
+        .map(|v| B64.decode(v["audio"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(appended, frames[2..].to_vec());
+    // Once ready: the exact same base64 string is forwarded.
+    let text = media(&frames[0], 120);
+    s.handle_twilio_text(120, &text);
+    let out = drain(&mut s);
+    let Output::Realtime(msg) = &out[0] else { panic!("{out:?}") };
+    assert!(msg.contains(&B64.encode(&frames[0])));
+}
+
+#[test]
+fn agent_audio_is_framed_marked_and_paced_by_echoes() {
+    let (mut s, out) = speaking(1000);
+    // 300 ms lead: 15 frames of 160 bytes, each followed by its mark.
+    let payloads = twilio_payloads(&out);
+    assert_eq!(payloads.len(), 15);
+    assert!(payloads.iter().all(|p| p.len() == 160));
+    let marks = mark_names(&out);
+    assert_eq!(marks.len(), 15);
+    assert_eq!(marks[0], "g0.1");
+    // Every media is directly followed by its mark.
+    let kinds: Vec<String> = out.iter().map(json_of).map(|v| v["event"].as_str().unwrap_or("").to_owned()).collect();
+    assert!(kinds.chunks(2).all(|c| c == ["media", "mark"]), "{kinds:?}");
+    // Echo two marks: two more frames go out.
+    s.handle_twilio_text(100, &mark(&marks[1]));
+    let more = drain(&mut s);
+    assert_eq!(twilio_payloads(&more).len(), 2);
+    // Bytes are the generated bytes, in order.
+    let audio: Vec<u8> = (0..8000).map(|i| (i % 251) as u8).collect();
+    let sent: Vec<u8> = payloads.into_iter().chain(twilio_payloads(&more)).flatten().collect();
+    assert_eq!(sent, audio[..sent.len()]);
+}
+
+#[test]
+fn barge_in_clears_truncates_to_heard_and_cancels() {
+    let (mut s, out) = speaking(1000);
+    let marks = mark_names(&out);
+    // Marks 1-3 echoed: 60 ms heard; 4 outstanding frames more were queued by pacing.
+    for m in &marks[..3] {
+        s.handle_twilio_text(50, &mark(m));
+    }
+    drain(&mut s);
+    s.handle_realtime_text(200, &rt(json!({"type":"input_audio_buffer.speech_started","audio_start_ms":900,"item_id":"item_u1"})));
+    let out = drain(&mut s);
+    let v: Vec<Value> = out.iter().map(json_of).collect();
+    assert_eq!(v.len(), 3, "{v:?}");
+    assert_eq!(v[0], json!({"event":"clear","streamSid":"MZ1"}));
+    assert_eq!(v[1], json!({"type":"conversation.item.truncate","item_id":"item_1","content_index":0,"audio_end_ms":60}));
+    assert_eq!(v[2], json!({"type":"response.cancel"}));
+    // Echoes of cleared marks are ignored: no more audio, heard stays at 60 ms.
+    for m in &marks[3..] {
+        s.handle_twilio_text(210, &mark(m));
+    }
+    assert!(drain(&mut s).is_empty());
+    // Late deltas of the cut item are dropped.
+    s.handle_realtime_text(220, &delta("item_1", "resp_1", &[1; 800]));
+    assert!(drain(&mut s).is_empty());
+    assert_eq!(s.stats().late_deltas_dropped, 1);
+    // A second speech_started with nothing playing does nothing.
+    s.handle_realtime_text(230, &rt(json!({"type":"input_audio_buffer.speech_started","audio_start_ms":950})));
+    assert!(drain(&mut s).is_empty());
+    s.handle_realtime_text(240, &rt(json!({"type":"response.output_audio_transcript.done","item_id":"item_1","transcript":"Buongiorno, siamo aperti tutti i giorni dalle dodici."})));
+    s.handle_twilio_text(300, r#"{"event":"stop","stop":{"callSid":"CA1"}}"#);
+    let rec = s.into_record(300);
+    assert_eq!(rec.interruptions, 1);
+    assert_eq!(rec.end_reason, EndReason::CallerHangup);
+    let agent = rec.transcript.iter().find(|t| t.speaker == Speaker::Agent).unwrap();
+    assert!(agent.interrupted);
+    assert_eq!(agent.heard_ms, Some(60));
+    assert_eq!(agent.generated_ms, Some(1000));
+    assert_eq!(rec.agent_talk_ms, 60);
+}
+
+#[test]
+fn truncate_never_exceeds_generated_audio_and_is_skipped_when_all_heard() {
+    // 50 ms generated: 2 full frames + a partial once the item is done.
+    let (mut s, out) = speaking(50);
+    assert_eq!(twilio_payloads(&out).len(), 2, "partial frame waits for the rest");
+    s.handle_realtime_text(20, &rt(json!({"type":"response.output_audio.done","item_id":"item_1"})));
+    let out = drain(&mut s);
+    let p = twilio_payloads(&out);
+    assert_eq!(p.iter().map(Vec::len).collect::<Vec<_>>(), vec![80]);
+    let names = mark_names(&out);
+    s.handle_twilio_text(30, &mark(&names[0])); // everything heard
+    drain(&mut s);
+    s.handle_realtime_text(40, &rt(json!({"type":"input_audio_buffer.speech_started","audio_start_ms":1})));
+    assert!(drain(&mut s).is_empty(), "nothing playing: no barge-in");
+}
+
+#[test]
+fn local_vad_barges_in_on_real_speech_after_min_speech() {
+    let (mut s, out) = speaking(3000);
+    let marks = mark_names(&out);
+    s.handle_twilio_text(30, &mark(&marks[4])); // 100 ms heard
+    drain(&mut s);
+    // Feed the real Italian speech fixture, 20 ms at a time, until a clear appears.
+    let mut clear_at = None;
+    let mut first_speech_frame = None;
+    let mut vad = FrameVad::new(3);
+    let mut pcm = Vec::new();
+    for (i, f) in SPEECH.chunks(160).enumerate() {
+        let now = 1000 + i as u64 * 20;
+        mulaw::decode_into(f, &mut pcm);
+        if first_speech_frame.is_none() && f.len() == 160 && vad.is_speech(&pcm) {
+            first_speech_frame = Some(now);
+        }
+        s.handle_twilio_text(now, &media(f, now));
+        let out = drain(&mut s);
+        if out.iter().map(json_of).any(|v| v["event"] == "clear") {
+            let v: Vec<Value> = out.iter().map(json_of).filter(|v| v["type"] == "conversation.item.truncate").collect();
+            assert_eq!(v[0]["audio_end_ms"], 100);
+            clear_at = Some(now);
+            break;
+        }
+    }
+    let (onset, clear) = (first_speech_frame.expect("fixture has speech"), clear_at.expect("barge-in fired"));
+    let delay = clear - onset;
+    assert!((180..=300).contains(&delay), "onset→clear {delay} ms (min speech 200 ms)");
+}
+
+#[test]
+fn barge_in_can_be_disabled() {
+    let mut p = params(AudioFormat::Pcmu);
+    p.barge_in.enabled = false;
+    let mut s = CallSession::new(p, 0, true);
+    drain(&mut s);
+    s.handle_realtime_text(1, &delta("item_1", "resp_1", &[1; 1600]));
+    drain(&mut s);
+    s.handle_realtime_text(2, &rt(json!({"type":"input_audio_buffer.speech_started","audio_start_ms":1})));
+    assert!(drain(&mut s).is_empty());
+}
+
+#[test]
+fn responses_are_queued_never_doubled() {
+    let (mut s, _) = speaking(100);
+    // DTMF while a response is active: the item goes now, the response.create waits.
+    s.handle_twilio_text(20, r#"{"event":"dtmf","streamSid":"MZ1","dtmf":{"track":"inbound_track","digit":"3"}}"#);
+    let out: Vec<Value> = drain(&mut s).iter().map(json_of).collect();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0]["type"], "conversation.item.create");
+    assert!(out[0]["item"]["content"][0]["text"].as_str().unwrap().contains('3'));
+    s.handle_realtime_text(30, &rt(json!({"type":"response.done","response":{"id":"resp_1","status":"completed","usage":{"total_tokens":10,"input_tokens":4,"output_tokens":6}}})));
+    let out: Vec<Value> = drain(&mut s).iter().map(json_of).filter(|v| v["type"].is_string()).collect();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0]["type"], "response.create");
+    let id = out[0]["event_id"].as_str().unwrap().to_owned();
+    // The server started its own response first: ours is re-queued, then sent after it.
+    s.handle_realtime_text(31, &rt(json!({"type":"response.created","response":{"id":"resp_2"}})));
+    s.handle_realtime_text(32, &rt(json!({"type":"error","error":{"type":"invalid_request_error","code":"conversation_already_has_active_response","message":"busy","event_id":id}})));
+    assert!(drain(&mut s).iter().map(json_of).all(|v| v["type"] != "response.create"));
+    s.handle_realtime_text(40, &rt(json!({"type":"response.done","response":{"id":"resp_2","status":"completed","usage":{"total_tokens":5,"input_tokens":2,"output_tokens":3}}})));
+    let creates = drain(&mut s).iter().map(json_of).filter(|v| v["type"] == "response.create").count();
+    assert_eq!(creates, 1);
+    let rec = s.into_record(50);
+    assert_eq!(rec.usage.total_tokens, 15);
+    assert_eq!(rec.stats.dtmf_digits, 1);
+}
+
+#[test]
+fn upstream_failure_plays_the_apology_then_hangs_up() {
+    let (mut s, _) = speaking(1000);
+    s.on_realtime_failed(100, "upstream closed (1011 boom)");
+    let out = drain(&mut s);
+    assert_eq!(out[0], Output::CloseRealtime);
+    assert_eq!(json_of(&out[1])["event"], "clear");
+    let apology: Vec<u8> = twilio_payloads(&out).concat();
+    assert_eq!(apology, vec![0x55; apology.len()], "only apology audio after the clear");
+    assert!(!s.is_ended());
+    // Echo everything as Twilio plays it; the call ends after the last apology frame.
+    let mut pending = mark_names(&out);
+    let mut t = 200;
+    while let Some(m) = pending.first().cloned() {
+        s.handle_twilio_text(t, &mark(&m));
+        pending.remove(0);
+        let o = drain(&mut s);
+        pending.extend(mark_names(&o));
+        t += 20;
+        if o.contains(&Output::Hangup) {
+            break;
+        }
+    }
+    assert!(s.is_finished());
+    let rec = s.into_record(t);
+    assert_eq!(rec.end_reason, EndReason::UpstreamFailed);
+    assert_eq!(rec.end_detail.as_deref(), Some("upstream closed (1011 boom)"));
+}
+
+#[test]
+fn apology_hangs_up_at_the_deadline_without_echoes() {
+    let mut s = CallSession::new(params(AudioFormat::Pcmu), 0, false);
+    s.on_realtime_failed(10, "refused");
+    drain(&mut s);
+    let deadline = s.poll_timeout().expect("a deadline while apologising");
+    assert_eq!(deadline, 10 + 200 + APOLOGY_SLACK_MS);
+    s.handle_timeout(deadline - 1);
+    assert!(!s.is_ended());
+    s.handle_timeout(deadline);
+    assert!(drain(&mut s).contains(&Output::Hangup));
+}
+
+#[test]
+fn malformed_input_is_counted_and_ignored() {
+    let mut s = CallSession::new(params(AudioFormat::Pcmu), 0, true);
+    drain(&mut s);
+    for bad in ["", "nope", "{}", r#"{"event":"media","media":{"payload":"!!!"}}"#, r#"{"event":"weird"}"#, r#"{"event":"dtmf","dtmf":{"digit":"xx"}}"#] {
+        s.handle_twilio_text(1, bad);
+    }
+    assert_eq!(s.stats().malformed_in, 6);
+    s.handle_realtime_text(1, "garbage");
+    assert_eq!(s.stats().malformed_upstream, 1);
+    assert!(drain(&mut s).is_empty());
+    // Still healthy.
+    s.handle_twilio_text(2, &media(&[0xFF; 160], 2));
+    assert_eq!(drain(&mut s).len(), 1);
+}
+
+#[test]
+fn transcript_orders_turns_and_records_the_call() {
+    let mut s = CallSession::new(params(AudioFormat::Pcmu), 0, true);
+    drain(&mut s);
+    s.handle_realtime_text(10, &rt(json!({"type":"response.created","response":{"id":"r1"}})));
+    s.handle_realtime_text(11, &delta("a1", "r1", &[0x11; 160]));
+    s.handle_realtime_text(12, &rt(json!({"type":"response.output_audio_transcript.done","item_id":"a1","transcript":"Buongiorno!"})));
+    let out = drain(&mut s);
+    s.handle_twilio_text(40, &mark(&mark_names(&out)[0]));
+    s.handle_realtime_text(50, &rt(json!({"type":"response.done","response":{"id":"r1","status":"completed"}})));
+    s.handle_realtime_text(1000, &rt(json!({"type":"input_audio_buffer.speech_started","audio_start_ms":900,"item_id":"u1"})));
+    s.handle_realtime_text(3000, &rt(json!({"type":"conversation.item.input_audio_transcription.completed","item_id":"u1","transcript":" Vorrei prenotare. "})));
+    s.handle_twilio_text(4000, r#"{"event":"stop","stop":{"callSid":"CA1"}}"#);
+    let out = drain(&mut s);
+    assert_eq!(out, vec![Output::CloseRealtime, Output::Hangup]);
+    let rec = s.into_record(4000);
+    let turns: Vec<(Speaker, u64, &str)> = rec.transcript.iter().map(|t| (t.speaker, t.start_ms, t.text.as_str())).collect();
+    assert_eq!(turns, vec![(Speaker::Agent, 11, "Buongiorno!"), (Speaker::Caller, 1000, "Vorrei prenotare.")]);
+    assert_eq!((rec.duration_ms, rec.ended_at_ms), (4000, 1_700_000_004_000));
+    assert_eq!(rec.agent_talk_ms, 20);
+    assert_eq!(rec.stats.first_audio_ms, Some(11));
+}
+
+#[test]
+fn pcm24k_converts_both_ways() {
+    let mut s = CallSession::new(params(AudioFormat::Pcm24k), 0, true);
+    drain(&mut s);
+    // Inbound: 20 ms mu-law become 20 ms of 24 kHz s16le (960 bytes).
+    s.handle_twilio_text(0, &media(&SPEECH[1600..1760], 0));
+    let out = drain(&mut s);
+    let v = json_of(&out[0]);
+    assert_eq!(v["type"], "input_audio_buffer.append");
+    assert_eq!(B64.decode(v["audio"].as_str().unwrap()).unwrap().len(), 960);
+    // Outbound: 100 ms of a 24 kHz 440 Hz tone becomes 8 kHz mu-law frames with the tone's level.
+    let pcm: Vec<u8> = (0..2400)
+        .flat_map(|n| ((((n as f32) * 2.0 * std::f32::consts::PI * 440.0 / 24000.0).sin() * 8000.0) as i16).to_le_bytes())
+        .collect();
+    s.handle_realtime_text(10, &rt(json!({"type":"response.output_audio.delta","response_id":"r1","item_id":"a1","delta":B64.encode(&pcm[..4799])})));
+    s.handle_realtime_text(11, &rt(json!({"type":"response.output_audio.delta","response_id":"r1","item_id":"a1","delta":B64.encode(&pcm[4799..])})));
+    s.handle_realtime_text(12, &rt(json!({"type":"response.output_audio.done","item_id":"a1"})));
+    let out = drain(&mut s);
+    let bytes: Vec<u8> = twilio_payloads(&out).concat();
+    assert!(bytes.len() >= 800, "100 ms of audio at 8 kHz, got {}", bytes.len());
+    let mut decoded = Vec::new();
+    mulaw::decode_into(&bytes[160..720], &mut decoded);
+    let rms = (decoded.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>() / decoded.len() as f64).sqrt();
+    assert!((4500.0..6800.0).contains(&rms), "tone level kept (8000/sqrt2 ≈ 5657), got {rms}");
+}

@@ -1,0 +1,37 @@
+//! `GET /media-stream`: the Media Streams WebSocket. The upgrade is signed like a webhook
+//! (over the `wss://` URL, no parameters); the stream then runs in the per-call bridge task.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::get;
+
+use crate::bridge::{self, CallRuntime};
+use crate::http::error::ApiError;
+use crate::http::twiml::check_signature;
+
+pub fn router() -> Router<Arc<CallRuntime>> {
+    Router::new().route("/media-stream", get(upgrade))
+}
+
+async fn upgrade(State(rt): State<Arc<CallRuntime>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
+    if rt.is_draining() {
+        return Err(ApiError::unavailable("draining", "shutting down; not taking new calls"));
+    }
+    let url = rt
+        .config
+        .stream_url()
+        .ok_or_else(|| ApiError::unavailable("not_configured", "PUBLIC_BASE_URL is not set"))?;
+    check_signature(&rt, &headers, &url, &[])?;
+    let max = rt.config.max_stream_message_bytes;
+    // The call is tracked from here: shutdown waits for it.
+    let token = rt.tracker.token();
+    Ok(ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| async move {
+        bridge::run(rt, socket).await;
+        drop(token);
+    }))
+}

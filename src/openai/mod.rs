@@ -1,0 +1,3 @@
+//! OpenAI adapters: the Realtime WebSocket client.
+
+pub mod realtime;

@@ -1,0 +1,942 @@
+//! Adapter: reads and validates `tenants.toml` (and the prompt files it names) into a
+//! [`TenantDirectory`]. Every problem in the file is collected and reported at once, so an
+//! operator fixes them in one go and a bad reload never replaces a good directory.
+//!
+//! ```toml
+//! [[tenants]]
+//! id = "trattoria-mario"
+//! name = "Trattoria da Mario"
+//! numbers = ["+39021111111"]
+//! language = "it"
+//! voice = "marin"
+//! prompt_file = "prompts/trattoria-mario.md"   # relative to this file's directory
+//! greeting = "Trattoria da Mario, buongiorno! Come posso aiutarla?"
+//! summary_to = ["mario@example.com"]
+//! api_keys_sha256 = ["<64 hex>"]
+//! audio_format = "pcmu"      # optional: "pcmu" (default) or "pcm24k"
+//! fallback = false           # optional: answers numbers no tenant lists (at most one)
+//! [tenants.turn_detection]   # optional: threshold, prefix_padding_ms, silence_duration_ms
+//! [tenants.barge_in]         # optional: enabled, min_speech_ms, vad_mode, playback_lead_ms
+//! ```
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::core::domain::tenant::{AudioFormat, BargeIn, Tenant, TenantDirectory, TurnDetection, normalize_e164};
+
+/// Voices the Realtime API accepts.
+pub const VOICES: &[&str] = &["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum TenantsError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot parse {}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{}", invalid_message(path, problems))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+fn invalid_message(path: &Path, problems: &[String]) -> String {
+    let mut s = format!(
+        "{} is invalid ({} problem{}):",
+        path.display(),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        s.push_str("\n  - ");
+        s.push_str(p);
+    }
+    s
+}
+
+// ---- file format -------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantsFile {
+    #[serde(default)]
+    tenants: Vec<RawTenant>,
+}
+
+/// Required fields are `Option`s so that a missing one is reported alongside every other
+/// problem instead of aborting the parse.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    id: Option<String>,
+    name: Option<String>,
+    numbers: Option<Vec<String>>,
+    language: Option<String>,
+    voice: Option<String>,
+    prompt_file: Option<String>,
+    greeting: Option<String>,
+    summary_to: Option<Vec<String>>,
+    api_keys_sha256: Option<Vec<String>>,
+    #[serde(default)]
+    audio_format: AudioFormat,
+    #[serde(default)]
+    fallback: bool,
+    turn_detection: Option<RawTurnDetection>,
+    barge_in: Option<RawBargeIn>,
+}
+
+/// Integers are read as `i64` so out-of-range values (negative ones too) become readable
+/// validation problems rather than parse errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTurnDetection {
+    threshold: Option<f64>,
+    prefix_padding_ms: Option<i64>,
+    silence_duration_ms: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBargeIn {
+    enabled: Option<bool>,
+    min_speech_ms: Option<i64>,
+    vad_mode: Option<i64>,
+    playback_lead_ms: Option<i64>,
+}
+
+// ---- loading -----------------------------------------------------------------------------
+
+/// Reads `path`, validates every tenant and resolves each `prompt_file` relative to the
+/// directory of `path`.
+pub fn load(path: &Path) -> Result<TenantDirectory, TenantsError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| TenantsError::Read { path: path.to_path_buf(), source })?;
+    let file: TenantsFile =
+        toml::from_str(&text).map_err(|source| TenantsError::Parse { path: path.to_path_buf(), source })?;
+    let base = path.parent().unwrap_or_else(|| Path::new(""));
+    let tenants = build(file, |p| read_prompt(base, p))
+        .map_err(|problems| TenantsError::Invalid { path: path.to_path_buf(), problems })?;
+    Ok(TenantDirectory::new(tenants))
+}
+
+/// The prompt text, or a description of why it cannot be used.
+fn read_prompt(base: &Path, prompt_file: &str) -> Result<String, String> {
+    let resolved = base.join(prompt_file);
+    let bytes = std::fs::read(&resolved).map_err(|e| format!("cannot read prompt file {}: {e}", resolved.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| format!("prompt file {} is not UTF-8: {e}", resolved.display()))?;
+    if text.trim().is_empty() {
+        return Err(format!("prompt file {} is empty", resolved.display()));
+    }
+    Ok(text)
+}
+
+/// Validates all tenants; on any problem returns every problem found.
+fn build(
+    file: TenantsFile,
+    mut read_prompt: impl FnMut(&str) -> Result<String, String>,
+) -> Result<Vec<Tenant>, Vec<String>> {
+    let mut problems = Vec::new();
+    if file.tenants.is_empty() {
+        problems.push("no tenants: add at least one [[tenants]] table".to_owned());
+    }
+    let mut tenants = Vec::with_capacity(file.tenants.len());
+    for (i, raw) in file.tenants.into_iter().enumerate() {
+        let label = match raw.id.as_deref() {
+            Some(id) if !id.is_empty() => format!("tenant #{} ({id})", i + 1),
+            _ => format!("tenant #{}", i + 1),
+        };
+        let mut local = Vec::new();
+        let tenant = check_tenant(raw, &mut read_prompt, &mut local);
+        problems.extend(local.into_iter().map(|p| format!("{label}: {p}")));
+        tenants.push(tenant);
+    }
+    check_across(&tenants, &mut problems);
+    if problems.is_empty() { Ok(tenants) } else { Err(problems) }
+}
+
+/// Checks one tenant and builds it with whatever is usable, pushing problems to `problems`.
+fn check_tenant(
+    raw: RawTenant,
+    read_prompt: &mut impl FnMut(&str) -> Result<String, String>,
+    problems: &mut Vec<String>,
+) -> Tenant {
+    let id = required("id", raw.id, problems);
+    if !id.is_empty() && !is_slug(&id) {
+        problems.push(format!("`id` {id:?} must be lowercase letters, digits and dashes only"));
+    }
+    let name = required("name", raw.name, problems);
+    let greeting = required("greeting", raw.greeting, problems);
+
+    let mut numbers = Vec::new();
+    match raw.numbers {
+        None => problems.push("missing `numbers`".to_owned()),
+        Some(list) if list.is_empty() => problems.push("`numbers` is empty".to_owned()),
+        Some(list) => {
+            for raw_number in list {
+                match normalize_e164(&raw_number) {
+                    Some(n) => numbers.push(n),
+                    None => problems.push(format!(
+                        "number {raw_number:?} is not a phone number (E.164 expected, e.g. +39021111111)"
+                    )),
+                }
+            }
+        }
+    }
+
+    let language = required("language", raw.language, problems);
+    if !language.is_empty() && !is_language_code(&language) {
+        problems.push(format!(
+            "`language` {language:?} must be a 2-3 letter code, optionally with a region (it, fr, en-US)"
+        ));
+    }
+
+    let voice = required("voice", raw.voice, problems);
+    if !voice.is_empty() && !VOICES.contains(&voice.as_str()) {
+        problems.push(format!("`voice` {voice:?} is not one of {}", VOICES.join(", ")));
+    }
+
+    let prompt_file = required("prompt_file", raw.prompt_file, problems);
+    let mut instructions = String::new();
+    if !prompt_file.trim().is_empty() {
+        match read_prompt(&prompt_file) {
+            Ok(text) => instructions = instructions_for(&text, &language),
+            Err(p) => problems.push(p),
+        }
+    }
+
+    let summary_to = raw.summary_to.unwrap_or_else(|| {
+        problems.push("missing `summary_to` (use [] for none)".to_owned());
+        Vec::new()
+    });
+    for addr in &summary_to {
+        if !is_email(addr) {
+            problems.push(format!("`summary_to` entry {addr:?} is not an email address"));
+        }
+    }
+
+    let raw_keys = raw.api_keys_sha256.unwrap_or_else(|| {
+        problems.push("missing `api_keys_sha256` (use [] for none)".to_owned());
+        Vec::new()
+    });
+    let mut api_keys_sha256 = Vec::with_capacity(raw_keys.len());
+    for key in raw_keys {
+        if key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            api_keys_sha256.push(key.to_ascii_lowercase());
+        } else {
+            problems.push(format!("`api_keys_sha256` entry {key:?} is not a SHA-256 digest (64 hex characters)"));
+        }
+    }
+
+    let td = raw.turn_detection.unwrap_or_default();
+    let defaults = TurnDetection::default();
+    let mut turn_detection = defaults.clone();
+    if let Some(t) = td.threshold {
+        if (0.0..=1.0).contains(&t) {
+            // Precision loss is fine: the value is a VAD threshold in 0..=1.
+            turn_detection.threshold = t as f32;
+        } else {
+            problems.push(format!("`turn_detection.threshold` must be in 0..=1 (got {t})"));
+        }
+    }
+    turn_detection.prefix_padding_ms =
+        ranged("turn_detection.prefix_padding_ms", td.prefix_padding_ms, 0, 2000, defaults.prefix_padding_ms, problems);
+    turn_detection.silence_duration_ms = ranged(
+        "turn_detection.silence_duration_ms",
+        td.silence_duration_ms,
+        100,
+        3000,
+        defaults.silence_duration_ms,
+        problems,
+    );
+
+    let bi = raw.barge_in.unwrap_or_default();
+    let defaults = BargeIn::default();
+    let vad_mode = ranged("barge_in.vad_mode", bi.vad_mode, 0, 3, defaults.vad_mode.into(), problems);
+    let barge_in = BargeIn {
+        enabled: bi.enabled.unwrap_or(defaults.enabled),
+        min_speech_ms: ranged("barge_in.min_speech_ms", bi.min_speech_ms, 40, 2000, defaults.min_speech_ms, problems),
+        vad_mode: u8::try_from(vad_mode).unwrap_or(defaults.vad_mode),
+        playback_lead_ms: ranged(
+            "barge_in.playback_lead_ms",
+            bi.playback_lead_ms,
+            60,
+            2000,
+            defaults.playback_lead_ms,
+            problems,
+        ),
+    };
+
+    Tenant {
+        id,
+        name,
+        numbers,
+        language,
+        voice,
+        prompt_file,
+        instructions,
+        greeting,
+        summary_to,
+        api_keys_sha256,
+        audio_format: raw.audio_format,
+        fallback: raw.fallback,
+        turn_detection,
+        barge_in,
+    }
+}
+
+/// A required string field: the value, or a problem if it is missing or blank.
+fn required(field: &str, value: Option<String>, problems: &mut Vec<String>) -> String {
+    match value {
+        None => {
+            problems.push(format!("missing `{field}`"));
+            String::new()
+        }
+        Some(s) if s.trim().is_empty() => {
+            problems.push(format!("`{field}` is empty"));
+            s
+        }
+        Some(s) => s,
+    }
+}
+
+/// `value` if given and within `min..=max`; the default if absent; a problem otherwise.
+fn ranged(field: &str, value: Option<i64>, min: u32, max: u32, default: u32, problems: &mut Vec<String>) -> u32 {
+    match value {
+        None => default,
+        Some(v) => match u32::try_from(v) {
+            Ok(v) if (min..=max).contains(&v) => v,
+            _ => {
+                problems.push(format!("`{field}` must be in {min}..={max} (got {v})"));
+                default
+            }
+        },
+    }
+}
+
+/// Uniqueness of ids, numbers and API keys across tenants; at most one fallback.
+fn check_across(tenants: &[Tenant], problems: &mut Vec<String>) {
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    let mut numbers: HashMap<&str, &str> = HashMap::new();
+    let mut keys: HashMap<&str, &str> = HashMap::new();
+    for (i, t) in tenants.iter().enumerate() {
+        if !t.id.is_empty()
+            && let Some(first) = ids.insert(&t.id, i)
+        {
+            problems.push(format!("tenant #{} and tenant #{} both have id {:?}", first + 1, i + 1, t.id));
+        }
+        for n in &t.numbers {
+            if let Some(owner) = numbers.insert(n, &t.id) {
+                if owner == t.id {
+                    problems.push(format!("tenant {}: number {n} is listed twice", t.id));
+                } else {
+                    problems.push(format!("number {n} is listed by both {owner} and {}", t.id));
+                }
+            }
+        }
+        for k in &t.api_keys_sha256 {
+            if let Some(owner) = keys.insert(k, &t.id)
+                && owner != t.id
+            {
+                problems.push(format!(
+                    "API key hash {}… is listed by both {owner} and {} (a key must identify one tenant)",
+                    k.get(..12).unwrap_or(k),
+                    t.id
+                ));
+            }
+        }
+    }
+    let fallbacks: Vec<&str> = tenants.iter().filter(|t| t.fallback).map(|t| t.id.as_str()).collect();
+    if fallbacks.len() > 1 {
+        problems.push(format!(
+            "at most one tenant may have `fallback = true`; found {}: {}",
+            fallbacks.len(),
+            fallbacks.join(", ")
+        ));
+    }
+}
+
+fn is_slug(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// `it`, `fra`, `en-US`, `es-419`: a 2–3 letter lowercase language, optionally a region of two
+/// letters or three digits.
+fn is_language_code(s: &str) -> bool {
+    let (lang, region) = match s.split_once('-') {
+        Some((l, r)) => (l, Some(r)),
+        None => (s, None),
+    };
+    let lang_ok = (2..=3).contains(&lang.len()) && lang.bytes().all(|b| b.is_ascii_lowercase());
+    let region_ok = match region {
+        None => true,
+        Some(r) => {
+            (r.len() == 2 && r.bytes().all(|b| b.is_ascii_alphabetic()))
+                || (r.len() == 3 && r.bytes().all(|b| b.is_ascii_digit()))
+        }
+    };
+    lang_ok && region_ok
+}
+
+/// `local@domain.tld` with no spaces or other obviously invalid characters.
+fn is_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    let bad = |c: char| c.is_whitespace() || c.is_control() || "<>,;:\"()[]\\@".contains(c);
+    let labels: Vec<&str> = domain.split('.').collect();
+    !local.is_empty()
+        && !local.chars().any(bad)
+        && !domain.chars().any(bad)
+        && labels.len() >= 2
+        && labels.iter().all(|l| !l.is_empty() && !l.starts_with('-') && !l.ends_with('-'))
+        && labels.last().is_some_and(|tld| tld.len() >= 2 && tld.chars().all(char::is_alphabetic))
+}
+
+// ---- instructions ------------------------------------------------------------------------
+
+/// English name of a language code's primary subtag, for the languages we ship prompts in.
+fn language_name(code: &str) -> Option<&'static str> {
+    let primary = code.split('-').next().unwrap_or_default();
+    Some(match primary {
+        "it" => "Italian",
+        "fr" => "French",
+        "en" => "English",
+        "de" => "German",
+        "es" => "Spanish",
+        _ => return None,
+    })
+}
+
+/// The line appended to every prompt telling the model which language to speak.
+pub fn language_directive(language: &str) -> String {
+    let spoken = match language_name(language) {
+        Some(name) => format!("{name} ({language})"),
+        None => format!("the language with code {language}"),
+    };
+    format!(
+        "Language: always speak {spoken} with the caller, unless the caller clearly speaks another \
+         language; then answer in theirs."
+    )
+}
+
+/// Prompt file content, a blank line, then the language directive.
+fn instructions_for(prompt: &str, language: &str) -> String {
+    format!("{}\n\n{}", prompt.trim_end(), language_directive(language))
+}
+
+/// The prompt part of `t.instructions` (what came from the prompt file, trailing whitespace
+/// trimmed).
+fn prompt_text(t: &Tenant) -> &str {
+    let directive = language_directive(&t.language);
+    t.instructions.strip_suffix(directive.as_str()).and_then(|s| s.strip_suffix("\n\n")).unwrap_or(&t.instructions)
+}
+
+// ---- describe ----------------------------------------------------------------------------
+
+/// A human-readable table of the tenants, for `switchboard check`.
+pub fn describe(dir: &TenantDirectory) -> String {
+    const HEADER: [&str; 10] =
+        ["ID", "NAME", "NUMBERS", "LANG", "VOICE", "AUDIO", "FALLBACK", "KEYS", "PROMPT", "SUMMARY TO"];
+    let rows: Vec<[String; 10]> = dir
+        .tenants()
+        .iter()
+        .map(|t| {
+            let prompt = prompt_text(t);
+            [
+                t.id.clone(),
+                t.name.clone(),
+                t.numbers.join(", "),
+                t.language.clone(),
+                t.voice.clone(),
+                match t.audio_format {
+                    AudioFormat::Pcmu => "pcmu".to_owned(),
+                    AudioFormat::Pcm24k => "pcm24k".to_owned(),
+                },
+                if t.fallback { "yes" } else { "no" }.to_owned(),
+                t.api_keys_sha256.len().to_string(),
+                format!("{} ({} bytes, {} words)", t.prompt_file, prompt.len(), prompt.split_whitespace().count()),
+                if t.summary_to.is_empty() { "-".to_owned() } else { t.summary_to.join(", ") },
+            ]
+        })
+        .collect();
+
+    let mut widths = HEADER.map(|h| h.chars().count());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(cell);
+            } else {
+                let pad = w - cell.chars().count();
+                l.push_str(cell);
+                l.extend(std::iter::repeat_n(' ', pad + 2));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&HEADER);
+    for row in &rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        line(&cells);
+    }
+
+    let numbers: usize = dir.tenants().iter().map(|t| t.numbers.len()).sum();
+    let fallback = dir.tenants().iter().find(|t| t.fallback).map(|t| t.id.as_str());
+    let _ = writeln!(
+        out,
+        "{} tenant{}, {} number{}; fallback for unlisted numbers: {}",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" },
+        numbers,
+        if numbers == 1 { "" } else { "s" },
+        fallback.unwrap_or("none (unlisted numbers hear an apology)")
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A fresh, unique directory under the system temp dir; removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> Self {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "switchboard-tenants-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+
+        fn write(&self, rel: &str, content: impl AsRef<[u8]>) -> PathBuf {
+            let p = self.0.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, content).unwrap();
+            p
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const KEY: &str = "a9f6d7a2e5b5c09e1f4bd2d0d3f2b0a1c2e3f405162738495a6b7c8d9e0f1a2b";
+
+    fn tenant_toml(id: &str, number: &str, extra: &str) -> String {
+        format!(
+            r#"
+[[tenants]]
+id = "{id}"
+name = "Name of {id}"
+numbers = ["{number}"]
+language = "it"
+voice = "marin"
+prompt_file = "prompts/p.md"
+greeting = "Ciao!"
+summary_to = ["owner@example.com"]
+api_keys_sha256 = []
+{extra}
+"#
+        )
+    }
+
+    /// Writes `toml` as tenants.toml plus a valid `prompts/p.md`, then loads it.
+    fn load_str(toml: &str) -> Result<TenantDirectory, TenantsError> {
+        let dir = TempDir::new();
+        dir.write("prompts/p.md", "Sei l'assistente.\n");
+        let path = dir.write("tenants.toml", toml);
+        load(&path)
+    }
+
+    fn problems(toml: &str) -> Vec<String> {
+        match load_str(toml) {
+            Err(TenantsError::Invalid { problems, .. }) => problems,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    fn assert_problem(toml: &str, needle: &str) {
+        let ps = problems(toml);
+        assert!(ps.iter().any(|p| p.contains(needle)), "no problem containing {needle:?} in {ps:#?}");
+    }
+
+    #[test]
+    fn shipped_tenants_file_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tenants.toml");
+        let dir = load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(dir.tenants().len(), 4);
+
+        let mario = dir.resolve("+39 02 111 1111").unwrap();
+        assert_eq!(mario.id, "trattoria-mario");
+        assert_eq!(mario.language, "it");
+        assert_eq!(mario.greeting, "Trattoria da Mario, buongiorno! Come posso aiutarla?");
+        assert!(mario.instructions.ends_with(
+            "Language: always speak Italian (it) with the caller, unless the caller clearly speaks \
+             another language; then answer in theirs."
+        ));
+
+        let gino = dir.resolve("+39062222222").unwrap();
+        assert_eq!(gino.id, "pizzeria-gino");
+        assert_eq!(gino.audio_format, AudioFormat::Pcmu);
+
+        let elegante = dir.resolve("0039 06 3333333").unwrap();
+        assert_eq!(elegante.id, "ristorante-elegante");
+        assert_eq!(elegante.voice, "cedar");
+
+        let ava = dir.resolve("+33144556677").unwrap();
+        assert_eq!(ava.id, "ava");
+        assert_eq!(ava.language, "fr");
+        assert!(ava.fallback);
+        // Numbers nobody lists go to Ava.
+        assert_eq!(dir.resolve("+4930123456").unwrap().id, "ava");
+
+        for t in dir.tenants() {
+            assert_eq!(t.api_keys_sha256.len(), 1, "{}", t.id);
+            let lines = prompt_text(t).lines().count();
+            assert!((40..=90).contains(&lines), "{}: prompt has {lines} lines", t.id);
+        }
+        // The demo key hashes are what the comments in tenants.toml say they are.
+        for t in dir.tenants() {
+            use sha2::Digest as _;
+            let demo = hex::encode(sha2::Sha256::digest(format!("demo-key-{}", t.id)));
+            assert_eq!(t.api_keys_sha256, vec![demo], "{}", t.id);
+        }
+
+        let table = describe(&dir);
+        for needle in
+            ["trattoria-mario", "+39021111111", "prompts/ava.md", "cedar", "pcmu", "fallback for unlisted numbers: ava"]
+        {
+            assert!(table.contains(needle), "{needle:?} missing from\n{table}");
+        }
+    }
+
+    #[test]
+    fn minimal_tenant_gets_defaults() {
+        let dir = load_str(&tenant_toml("mario", "+39021111111", "")).unwrap();
+        let t = dir.by_id("mario").unwrap();
+        assert_eq!(t.numbers, vec!["+39021111111"]);
+        assert_eq!(t.audio_format, AudioFormat::Pcmu);
+        assert!(!t.fallback);
+        assert_eq!(t.turn_detection, TurnDetection::default());
+        assert_eq!(t.barge_in, BargeIn::default());
+        assert_eq!(
+            t.instructions,
+            "Sei l'assistente.\n\nLanguage: always speak Italian (it) with the caller, unless the \
+             caller clearly speaks another language; then answer in theirs."
+        );
+        assert_eq!(prompt_text(&t), "Sei l'assistente.");
+    }
+
+    #[test]
+    fn optional_tables_are_applied_and_numbers_normalised() {
+        let extra = r#"
+audio_format = "pcm24k"
+fallback = true
+[tenants.turn_detection]
+threshold = 1
+prefix_padding_ms = 2000
+silence_duration_ms = 100
+[tenants.barge_in]
+enabled = false
+min_speech_ms = 40
+vad_mode = 0
+playback_lead_ms = 2000
+"#;
+        let toml = tenant_toml("x", "0039 02-111.1111", extra)
+            .replace("api_keys_sha256 = []", &format!("api_keys_sha256 = [\"{}\"]", KEY.to_ascii_uppercase()));
+        let dir = load_str(&toml).unwrap();
+        let t = dir.by_id("x").unwrap();
+        assert_eq!(t.numbers, vec!["+39021111111"]);
+        assert_eq!(t.audio_format, AudioFormat::Pcm24k);
+        assert!(t.fallback);
+        assert_eq!(t.api_keys_sha256, vec![KEY.to_owned()]);
+        assert_eq!(
+            t.turn_detection,
+            TurnDetection { threshold: 1.0, prefix_padding_ms: 2000, silence_duration_ms: 100 }
+        );
+        assert_eq!(t.barge_in, BargeIn { enabled: false, min_speech_ms: 40, vad_mode: 0, playback_lead_ms: 2000 });
+    }
+
+    #[test]
+    fn relative_prompt_path_is_resolved_against_the_tenants_file() {
+        let dir = TempDir::new();
+        dir.write("conf/prompts/p.md", "From conf/prompts.");
+        dir.write("prompts/p.md", "Wrong file: relative to the cwd-like root.");
+        let path = dir.write("conf/tenants.toml", tenant_toml("a", "+39021111111", ""));
+        let loaded = load(&path).unwrap();
+        assert!(loaded.by_id("a").unwrap().instructions.starts_with("From conf/prompts.\n\n"));
+
+        // An absolute prompt path is used as is.
+        let abs = dir.write("elsewhere/abs.md", "Absolute.");
+        let toml = tenant_toml("b", "+39021111111", "")
+            .replace("prompts/p.md", &abs.display().to_string().replace('\\', "\\\\"));
+        let path = dir.write("conf/abs.toml", toml);
+        assert!(load(&path).unwrap().by_id("b").unwrap().instructions.starts_with("Absolute.\n\n"));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_everywhere() {
+        for extra in
+            ["colour = \"red\"", "[tenants.turn_detection]\nthreshhold = 0.5", "[tenants.barge_in]\nenable = true"]
+        {
+            let err = load_str(&tenant_toml("a", "+39021111111", extra)).unwrap_err();
+            assert!(matches!(err, TenantsError::Parse { .. }), "{extra}: {err}");
+        }
+        let err = load_str(&format!("title = \"x\"\n{}", tenant_toml("a", "+39021111111", ""))).unwrap_err();
+        assert!(matches!(err, TenantsError::Parse { .. }), "{err}");
+    }
+
+    #[test]
+    fn syntax_error_and_missing_file() {
+        let err = load_str("[[tenants]\nid = ").unwrap_err();
+        assert!(matches!(err, TenantsError::Parse { .. }));
+        assert!(err.to_string().contains("tenants.toml"), "{err}");
+
+        let dir = TempDir::new();
+        let err = load(&dir.0.join("nope.toml")).unwrap_err();
+        assert!(matches!(err, TenantsError::Read { .. }));
+        assert!(err.to_string().contains("nope.toml"), "{err}");
+    }
+
+    #[test]
+    fn no_tenants() {
+        assert_problem("", "no tenants");
+        assert_problem("tenants = []", "no tenants");
+    }
+
+    #[test]
+    fn ids_must_be_slugs_and_unique() {
+        assert_problem(&tenant_toml("Trattoria Mario", "+39021111111", ""), "lowercase letters, digits and dashes");
+        assert_problem(&tenant_toml("", "+39021111111", ""), "`id` is empty");
+        let two = tenant_toml("a", "+39021111111", "") + &tenant_toml("a", "+39062222222", "");
+        assert_problem(&two, "tenant #1 and tenant #2 both have id \"a\"");
+    }
+
+    #[test]
+    fn name_and_greeting_must_not_be_empty() {
+        let toml = tenant_toml("a", "+39021111111", "").replace("name = \"Name of a\"", "name = \" \"");
+        assert_problem(&toml, "tenant #1 (a): `name` is empty");
+        let toml = tenant_toml("a", "+39021111111", "").replace("greeting = \"Ciao!\"", "greeting = \"\"");
+        assert_problem(&toml, "`greeting` is empty");
+        let toml = tenant_toml("a", "+39021111111", "").replace("greeting = \"Ciao!\"", "");
+        assert_problem(&toml, "missing `greeting`");
+    }
+
+    #[test]
+    fn numbers_must_be_phone_numbers_and_unique() {
+        let toml = tenant_toml("a", "+39021111111", "").replace("numbers = [\"+39021111111\"]", "numbers = []");
+        assert_problem(&toml, "`numbers` is empty");
+        assert_problem(&tenant_toml("a", "client:alice", ""), "number \"client:alice\" is not a phone number");
+        assert_problem(&tenant_toml("a", "021111111", ""), "not a phone number");
+        // Same number in two spellings across tenants.
+        let two = tenant_toml("a", "+39021111111", "") + &tenant_toml("b", "0039 02 1111111", "");
+        assert_problem(&two, "number +39021111111 is listed by both a and b");
+        let toml = tenant_toml("a", "+39021111111", "")
+            .replace("numbers = [\"+39021111111\"]", "numbers = [\"+39021111111\", \"+39 02 1111111\"]");
+        assert_problem(&toml, "number +39021111111 is listed twice");
+    }
+
+    #[test]
+    fn at_most_one_fallback() {
+        let two =
+            tenant_toml("a", "+39021111111", "fallback = true") + &tenant_toml("b", "+39062222222", "fallback = true");
+        assert_problem(&two, "at most one tenant may have `fallback = true`; found 2: a, b");
+        let one = tenant_toml("a", "+39021111111", "fallback = true") + &tenant_toml("b", "+39062222222", "");
+        assert!(load_str(&one).is_ok());
+    }
+
+    #[test]
+    fn prompt_file_must_exist_and_be_non_empty_utf8() {
+        let missing = tenant_toml("a", "+39021111111", "").replace("prompts/p.md", "prompts/missing.md");
+        assert_problem(&missing, "cannot read prompt file");
+
+        let dir = TempDir::new();
+        dir.write("prompts/p.md", " \n\t\n");
+        let path = dir.write("tenants.toml", tenant_toml("a", "+39021111111", ""));
+        let err = load(&path).unwrap_err().to_string();
+        assert!(err.contains("is empty"), "{err}");
+
+        dir.write("prompts/p.md", [0x66, 0x6f, 0xff, 0xfe]);
+        let err = load(&path).unwrap_err().to_string();
+        assert!(err.contains("is not UTF-8"), "{err}");
+
+        let empty = tenant_toml("a", "+39021111111", "").replace("prompts/p.md", "");
+        assert_problem(&empty, "`prompt_file` is empty");
+    }
+
+    #[test]
+    fn language_codes() {
+        for ok in ["it", "fr", "en-US", "es-419", "fil"] {
+            assert!(is_language_code(ok), "{ok}");
+        }
+        for bad in ["", "i", "italian", "IT", "en_US", "en-", "en-USA", "en-U1"] {
+            assert!(!is_language_code(bad), "{bad}");
+        }
+        let toml = tenant_toml("a", "+39021111111", "").replace("language = \"it\"", "language = \"italiano\"");
+        assert_problem(&toml, "`language` \"italiano\" must be a 2-3 letter code");
+    }
+
+    #[test]
+    fn voice_must_be_known() {
+        let toml = tenant_toml("a", "+39021111111", "").replace("voice = \"marin\"", "voice = \"nova\"");
+        assert_problem(&toml, "`voice` \"nova\" is not one of alloy, ash");
+    }
+
+    #[test]
+    fn summary_recipients_must_look_like_emails() {
+        for ok in ["a@example.com", "first.last+tag@mail.example.co.uk"] {
+            assert!(is_email(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "example.com",
+            "@example.com",
+            "a@example",
+            "a@.com",
+            "a b@example.com",
+            "a@example.c",
+            "a@b@c.com",
+            "Mario <m@example.com>",
+        ] {
+            assert!(!is_email(bad), "{bad}");
+        }
+        let toml = tenant_toml("a", "+39021111111", "").replace("owner@example.com", "owner at example");
+        assert_problem(&toml, "`summary_to` entry \"owner at example\" is not an email address");
+        let empty = tenant_toml("a", "+39021111111", "").replace("[\"owner@example.com\"]", "[]");
+        assert!(load_str(&empty).is_ok());
+    }
+
+    #[test]
+    fn api_key_hashes_must_be_sha256_hex_and_not_shared() {
+        let toml = tenant_toml("a", "+39021111111", "").replace("api_keys_sha256 = []", "api_keys_sha256 = [\"abc\"]");
+        assert_problem(&toml, "`api_keys_sha256` entry \"abc\" is not a SHA-256 digest");
+        let bad_hex = format!("{}zz", &KEY[..62]);
+        let toml = tenant_toml("a", "+39021111111", "")
+            .replace("api_keys_sha256 = []", &format!("api_keys_sha256 = [\"{bad_hex}\"]"));
+        assert_problem(&toml, "is not a SHA-256 digest");
+        let with_key = |id: &str, n: &str| {
+            tenant_toml(id, n, "").replace("api_keys_sha256 = []", &format!("api_keys_sha256 = [\"{KEY}\"]"))
+        };
+        assert_problem(&(with_key("a", "+39021111111") + &with_key("b", "+39062222222")), "is listed by both a and b");
+    }
+
+    #[test]
+    fn tuning_ranges() {
+        let cases = [
+            ("[tenants.turn_detection]\nthreshold = 1.5", "`turn_detection.threshold` must be in 0..=1 (got 1.5)"),
+            ("[tenants.turn_detection]\nthreshold = -0.1", "`turn_detection.threshold` must be in 0..=1"),
+            ("[tenants.turn_detection]\nthreshold = nan", "`turn_detection.threshold` must be in 0..=1"),
+            (
+                "[tenants.turn_detection]\nprefix_padding_ms = 2001",
+                "`turn_detection.prefix_padding_ms` must be in 0..=2000 (got 2001)",
+            ),
+            (
+                "[tenants.turn_detection]\nprefix_padding_ms = -1",
+                "`turn_detection.prefix_padding_ms` must be in 0..=2000 (got -1)",
+            ),
+            (
+                "[tenants.turn_detection]\nsilence_duration_ms = 99",
+                "`turn_detection.silence_duration_ms` must be in 100..=3000",
+            ),
+            (
+                "[tenants.turn_detection]\nsilence_duration_ms = 3001",
+                "`turn_detection.silence_duration_ms` must be in 100..=3000",
+            ),
+            ("[tenants.barge_in]\nmin_speech_ms = 39", "`barge_in.min_speech_ms` must be in 40..=2000"),
+            ("[tenants.barge_in]\nmin_speech_ms = 2001", "`barge_in.min_speech_ms` must be in 40..=2000"),
+            ("[tenants.barge_in]\nvad_mode = 4", "`barge_in.vad_mode` must be in 0..=3 (got 4)"),
+            ("[tenants.barge_in]\nplayback_lead_ms = 59", "`barge_in.playback_lead_ms` must be in 60..=2000"),
+            ("[tenants.barge_in]\nplayback_lead_ms = 2001", "`barge_in.playback_lead_ms` must be in 60..=2000"),
+        ];
+        for (extra, needle) in cases {
+            assert_problem(&tenant_toml("a", "+39021111111", extra), needle);
+        }
+    }
+
+    #[test]
+    fn all_problems_are_reported_together() {
+        let toml = tenant_toml("Bad Id", "not-a-number", "fallback = true\n[tenants.barge_in]\nvad_mode = 9")
+            .replace("voice = \"marin\"", "voice = \"robot\"")
+            .replace("prompts/p.md", "prompts/none.md")
+            + &tenant_toml("b", "+39062222222", "fallback = true").replace("greeting = \"Ciao!\"", "");
+        let ps = problems(&toml);
+        let expected = [
+            "tenant #1 (Bad Id): `id` \"Bad Id\" must be lowercase",
+            "tenant #1 (Bad Id): number \"not-a-number\" is not a phone number",
+            "tenant #1 (Bad Id): `voice` \"robot\"",
+            "tenant #1 (Bad Id): cannot read prompt file",
+            "tenant #1 (Bad Id): `barge_in.vad_mode` must be in 0..=3 (got 9)",
+            "tenant #2 (b): missing `greeting`",
+            "at most one tenant may have `fallback = true`",
+        ];
+        for needle in expected {
+            assert!(ps.iter().any(|p| p.contains(needle)), "no {needle:?} in {ps:#?}");
+        }
+        assert_eq!(ps.len(), expected.len(), "{ps:#?}");
+
+        // Display: a header line, then one line per problem.
+        let err = load_str(&toml).unwrap_err().to_string();
+        let lines: Vec<&str> = err.lines().collect();
+        assert!(lines[0].ends_with("tenants.toml is invalid (7 problems):"), "{err}");
+        assert_eq!(lines.len(), 1 + expected.len(), "{err}");
+        assert!(lines[1..].iter().all(|l| l.starts_with("  - ")), "{err}");
+    }
+
+    #[test]
+    fn language_directive_names_known_languages() {
+        assert_eq!(
+            language_directive("fr"),
+            "Language: always speak French (fr) with the caller, unless the caller clearly speaks \
+             another language; then answer in theirs."
+        );
+        assert!(language_directive("en-GB").contains("always speak English (en-GB)"));
+        assert!(language_directive("de").contains("German (de)"));
+        assert!(language_directive("es").contains("Spanish (es)"));
+        assert!(language_directive("pt-BR").contains("always speak the language with code pt-BR with"));
+    }
+
+    #[test]
+    fn describe_lists_every_column() {
+        let toml = tenant_toml("a", "+39021111111", "fallback = true")
+            + &tenant_toml("b", "+39062222222", "audio_format = \"pcm24k\"");
+        let dir = load_str(&toml).unwrap();
+        let table = describe(&dir);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        for h in ["ID", "NAME", "NUMBERS", "LANG", "VOICE", "AUDIO", "FALLBACK", "KEYS", "PROMPT", "SUMMARY TO"] {
+            assert!(lines[0].contains(h), "{table}");
+        }
+        assert!(lines[1].starts_with("a  "), "{table}");
+        assert!(lines[1].contains("prompts/p.md (17 bytes, 2 words)"), "{table}");
+        assert!(lines[1].contains("yes"), "{table}");
+        assert!(lines[2].contains("pcm24k") && lines[2].contains("owner@example.com"), "{table}");
+        // Columns line up.
+        let col = lines[0].find("NUMBERS").unwrap();
+        assert_eq!(&lines[1][col..col + 12], "+39021111111");
+        assert_eq!(lines[3], "2 tenants, 2 numbers; fallback for unlisted numbers: a");
+    }
+}
