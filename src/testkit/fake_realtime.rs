@@ -74,7 +74,9 @@ pub struct FakeScript {
     pub server_vad: bool,
     /// RMS (i16 scale) over a 20 ms window at or above which the window counts as speech.
     pub vad_threshold: f64,
-    /// Continuous speech needed before `speech_started` is sent.
+    /// Continuous speech (in appended-audio time) needed before `speech_started` is sent.
+    /// Its `audio_start_ms` is the onset minus the session's `prefix_padding_ms` (clamped at
+    /// 0), like the real service; the clock is all audio appended on this connection.
     pub vad_min_speech_ms: u32,
     /// Quiet needed after speech before `speech_stopped` + commit. (The session's
     /// `silence_duration_ms` is not used: the script decides.)
@@ -134,16 +136,16 @@ impl Default for FakeScript {
     }
 }
 
-/// One event, as JSON, with the connection it belongs to and when it was received or sent.
+/// One event (client or server), as JSON, with its connection and when it was received or sent.
 #[derive(Debug, Clone)]
-pub struct ClientEvent {
+pub struct RecordedEvent {
     /// Connection index, from 0, in the order upgrades were accepted.
     pub conn: usize,
     pub at: Instant,
     pub event: Value,
 }
 
-impl ClientEvent {
+impl RecordedEvent {
     /// The event's `type` (`""` if missing).
     pub fn kind(&self) -> &str {
         self.event.get("type").and_then(Value::as_str).unwrap_or("")
@@ -177,8 +179,8 @@ pub struct Handshake {
 
 #[derive(Default)]
 struct Log {
-    events: Vec<ClientEvent>,
-    sent: Vec<ClientEvent>,
+    events: Vec<RecordedEvent>,
+    sent: Vec<RecordedEvent>,
     counts: HashMap<String, usize>,
     appended: Vec<Vec<u8>>,
     appended_bytes: Vec<u64>,
@@ -186,6 +188,7 @@ struct Log {
     truncates: Vec<TruncateRecord>,
     violations: Vec<String>,
     handshakes: Vec<Handshake>,
+    other_requests: Vec<(String, String)>,
     attempts: usize,
 }
 
@@ -239,7 +242,8 @@ impl FakeRealtime {
             kill: Mutex::new(CancellationToken::new()),
             cancel: cancel.clone(),
         });
-        let app = Router::new().route("/v1/realtime", get(realtime_handler)).fallback(fallback).with_state(inner.clone());
+        let app =
+            Router::new().route("/v1/realtime", get(realtime_handler)).fallback(fallback).with_state(inner.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await;
         });
@@ -266,12 +270,12 @@ impl FakeRealtime {
     }
 
     /// Snapshot of every client event received (all connections, arrival order).
-    pub fn events(&self) -> Vec<ClientEvent> {
+    pub fn events(&self) -> Vec<RecordedEvent> {
         lock(&self.inner.log).events.clone()
     }
 
     /// Snapshot of every server event sent (all connections, send order).
-    pub fn server_events(&self) -> Vec<ClientEvent> {
+    pub fn server_events(&self) -> Vec<RecordedEvent> {
         lock(&self.inner.log).sent.clone()
     }
 
@@ -312,6 +316,11 @@ impl FakeRealtime {
         lock(&self.inner.log).handshakes.clone()
     }
 
+    /// Requests to paths other than `/v1/realtime`, as (method, URI); all answered 404.
+    pub fn other_requests(&self) -> Vec<(String, String)> {
+        lock(&self.inner.log).other_requests.clone()
+    }
+
     /// Every `conversation.item.truncate` received.
     pub fn truncates(&self) -> Vec<TruncateRecord> {
         lock(&self.inner.log).truncates.clone()
@@ -326,7 +335,7 @@ impl FakeRealtime {
     /// The error lists the event types seen, to make a failing test readable.
     pub async fn wait_for<F>(&self, pred: F, timeout: Duration) -> anyhow::Result<()>
     where
-        F: Fn(&[ClientEvent]) -> bool,
+        F: Fn(&[RecordedEvent]) -> bool,
     {
         self.wait_log(|log| pred(&log.events), timeout, "client events").await
     }
@@ -334,7 +343,7 @@ impl FakeRealtime {
     /// Waits until `pred` holds over the server events sent so far, or `timeout`.
     pub async fn wait_for_sent<F>(&self, pred: F, timeout: Duration) -> anyhow::Result<()>
     where
-        F: Fn(&[ClientEvent]) -> bool,
+        F: Fn(&[RecordedEvent]) -> bool,
     {
         self.wait_log(|log| pred(&log.sent), timeout, "server events").await
     }
@@ -348,7 +357,7 @@ impl FakeRealtime {
     where
         F: Fn(&Log) -> bool,
     {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + timeout.min(MAX_WAIT);
         loop {
             let notified = self.inner.notify.notified();
             tokio::pin!(notified);
@@ -411,8 +420,16 @@ impl Drop for FakeRealtime {
 // ------------------------------------------------------------------------------------------
 // HTTP side
 
+/// Anything but `GET /v1/realtime` is answered 404 and logged ([`FakeRealtime::other_requests`]).
+/// Only a path mentioning `realtime` counts as a violation (a mis-addressed Realtime
+/// connection); other OpenAI endpoints (chat completions, transcriptions) are simply not faked.
 async fn fallback(State(inner): State<Arc<Inner>>, method: Method, uri: Uri) -> Response {
-    inner.violation(format!("unexpected request {method} {uri} (only GET /v1/realtime?model=… is served)"));
+    lock(&inner.log).other_requests.push((method.to_string(), uri.to_string()));
+    if uri.path().contains("realtime") {
+        inner.violation(format!("unexpected request {method} {uri} (the Realtime socket is GET /v1/realtime?model=…)"));
+    } else {
+        inner.notify.notify_waiters();
+    }
     (StatusCode::NOT_FOUND, "not found").into_response()
 }
 
@@ -509,7 +526,7 @@ async fn realtime_handler(
 
     if let Some(beta) = beta_header {
         inner.violation(format!("upgrade carries `OpenAI-Beta: {beta}`: the beta dialect is retired (C.0)"));
-        return ws.on_upgrade(move |socket| reject_beta(socket));
+        return ws.on_upgrade(reject_beta);
     }
 
     let conn_idx = {
@@ -531,16 +548,15 @@ async fn reject_beta(mut socket: WebSocket) {
         "message": "The Realtime Beta API is no longer supported. Please use /v1/realtime for the GA API.",
         "param": null}});
     let _ = socket.send(Message::text(error.to_string())).await;
-    let _ = socket.send(Message::Close(Some(CloseFrame { code: 4000, reason: "beta_api_shape_disabled".into() }))).await;
+    let _ =
+        socket.send(Message::Close(Some(CloseFrame { code: 4000, reason: "beta_api_shape_disabled".into() }))).await;
     drain(&mut socket).await;
 }
 
 /// Reads until the peer completes the close handshake (bounded).
 async fn drain(socket: &mut WebSocket) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Some(Ok(_)) = socket.recv().await {}
-    })
-    .await;
+    let _ =
+        tokio::time::timeout(Duration::from_secs(1), async { while let Some(Ok(_)) = socket.recv().await {} }).await;
 }
 
 fn new_id(prefix: &str) -> String {
@@ -670,8 +686,16 @@ struct Conn {
     fault: bool,
 }
 
+/// Longest wait the fake schedules; script durations are clamped to it (no `Instant` overflow).
+const MAX_WAIT: Duration = Duration::from_secs(86_400);
+
 fn far_future() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_secs(86_400)
+    tokio::time::Instant::now() + MAX_WAIT
+}
+
+/// `now + d`, with `d` clamped to [`MAX_WAIT`].
+fn after(d: Duration) -> Instant {
+    Instant::now() + d.min(MAX_WAIT)
 }
 
 impl Conn {
@@ -694,7 +718,7 @@ impl Conn {
             },
             "include": null
         });
-        let expire_at = Instant::now() + script.session_limit;
+        let expire_at = after(script.session_limit);
         Conn {
             idx,
             inner,
@@ -791,11 +815,13 @@ impl Conn {
         let mut ok = true;
         let mut sent = Vec::with_capacity(events.len());
         for ev in events {
-            if ws.send(Message::text(ev.to_string())).await.is_err() {
+            // Bounded: a client that stops reading must not pin this task forever.
+            let send = tokio::time::timeout(Duration::from_secs(5), ws.send(Message::text(ev.to_string())));
+            if !matches!(send.await, Ok(Ok(()))) {
                 ok = false;
                 break;
             }
-            sent.push(ClientEvent { conn: self.idx, at: Instant::now(), event: ev });
+            sent.push(RecordedEvent { conn: self.idx, at: Instant::now(), event: ev });
         }
         lock(&self.inner.log).sent.extend(sent);
         self.inner.notify.notify_waiters();
@@ -903,7 +929,7 @@ impl Conn {
         let mut log = lock(&self.inner.log);
         *log.counts.entry(kind.clone()).or_default() += 1;
         if kind != "input_audio_buffer.append" || self.script.record_audio {
-            log.events.push(ClientEvent { conn: self.idx, at: now, event: v });
+            log.events.push(RecordedEvent { conn: self.idx, at: now, event: v });
         }
         drop(log);
         self.inner.notify.notify_waiters();
@@ -923,7 +949,11 @@ impl Conn {
                 if let Some(rate) = obj.get("rate")
                     && rate.as_u64() != Some(24_000)
                 {
-                    errors.push(session_error("invalid_value", param, format!("{param}.rate must be 24000, got {rate}")));
+                    errors.push(session_error(
+                        "invalid_value",
+                        param,
+                        format!("{param}.rate must be 24000, got {rate}"),
+                    ));
                 }
             }
             Some("audio/pcmu") | Some("audio/pcma") => {
@@ -931,7 +961,9 @@ impl Conn {
                     warnings.push(format!("{param} is G.711 but carries `rate` (not part of the schema)"));
                 }
             }
-            other => errors.push(session_error("invalid_value", param, format!("{param}.type {other:?} is not a GA format"))),
+            other => {
+                errors.push(session_error("invalid_value", param, format!("{param}.type {other:?} is not a GA format")))
+            }
         }
         for k in obj.keys() {
             if k != "type" && k != "rate" {
@@ -948,9 +980,17 @@ impl Conn {
             return (errors, warnings);
         };
         match obj.get("type") {
-            None => errors.push(session_error("missing_required_parameter", "session.type", "session.type is required in GA")),
+            None => errors.push(session_error(
+                "missing_required_parameter",
+                "session.type",
+                "session.type is required in GA",
+            )),
             Some(t) if t.as_str() == Some("realtime") => {}
-            Some(t) => errors.push(session_error("invalid_value", "session.type", format!("session.type must be \"realtime\", got {t}"))),
+            Some(t) => errors.push(session_error(
+                "invalid_value",
+                "session.type",
+                format!("session.type must be \"realtime\", got {t}"),
+            )),
         }
         for k in obj.keys() {
             if BETA_SESSION_KEYS.contains(&k.as_str()) {
@@ -962,7 +1002,11 @@ impl Conn {
             } else if k == "model" {
                 warnings.push("session.update carries `model`: the model is chosen by the URL and immutable".into());
             } else if !GA_SESSION_KEYS.contains(&k.as_str()) {
-                errors.push(session_error("unknown_parameter", &format!("session.{k}"), format!("unknown field session.{k}")));
+                errors.push(session_error(
+                    "unknown_parameter",
+                    &format!("session.{k}"),
+                    format!("unknown field session.{k}"),
+                ));
             }
         }
         if let Some(i) = obj.get("instructions")
@@ -983,7 +1027,11 @@ impl Conn {
         if let Some(m) = obj.get("max_output_tokens") {
             let ok = m.as_str() == Some("inf") || m.as_u64().is_some_and(|n| (1..=4096).contains(&n));
             if !ok {
-                errors.push(session_error("invalid_value", "session.max_output_tokens", format!("bad max_output_tokens {m}")));
+                errors.push(session_error(
+                    "invalid_value",
+                    "session.max_output_tokens",
+                    format!("bad max_output_tokens {m}"),
+                ));
             }
         }
         if let Some(tools) = obj.get("tools") {
@@ -999,9 +1047,17 @@ impl Conn {
                                 "tools are flat in Realtime ({type,name,description,parameters}), not nested under `function`",
                             ));
                         } else if ty == Some("function") && !t.get("name").is_some_and(Value::is_string) {
-                            errors.push(session_error("missing_required_parameter", &format!("session.tools[{i}].name"), "tool without name"));
+                            errors.push(session_error(
+                                "missing_required_parameter",
+                                &format!("session.tools[{i}].name"),
+                                "tool without name",
+                            ));
                         } else if ty != Some("function") && ty != Some("mcp") {
-                            errors.push(session_error("invalid_value", &format!("session.tools[{i}].type"), "tool type must be function or mcp"));
+                            errors.push(session_error(
+                                "invalid_value",
+                                &format!("session.tools[{i}].type"),
+                                "tool type must be function or mcp",
+                            ));
                         }
                     }
                 }
@@ -1014,7 +1070,11 @@ impl Conn {
                 Some(a) => {
                     for k in a.keys() {
                         if k != "input" && k != "output" {
-                            errors.push(session_error("unknown_parameter", &format!("session.audio.{k}"), format!("unknown field session.audio.{k}")));
+                            errors.push(session_error(
+                                "unknown_parameter",
+                                &format!("session.audio.{k}"),
+                                format!("unknown field session.audio.{k}"),
+                            ));
                         }
                     }
                     if let Some(input) = a.get("input") {
@@ -1063,7 +1123,9 @@ impl Conn {
                     }
                     if let Some(t) = v.as_object() {
                         for key in t.keys() {
-                            if !["model", "language", "prompt", "delay", "keywords", "languages"].contains(&key.as_str()) {
+                            if !["model", "language", "prompt", "delay", "keywords", "languages"]
+                                .contains(&key.as_str())
+                            {
                                 errors.push(session_error(
                                     "unknown_parameter",
                                     "session.audio.input.transcription",
@@ -1077,7 +1139,11 @@ impl Conn {
                     let ok = v.is_null()
                         || matches!(v.get("type").and_then(Value::as_str), Some("near_field") | Some("far_field"));
                     if !ok {
-                        errors.push(session_error("invalid_value", "session.audio.input.noise_reduction", format!("bad noise_reduction {v}")));
+                        errors.push(session_error(
+                            "invalid_value",
+                            "session.audio.input.noise_reduction",
+                            format!("bad noise_reduction {v}"),
+                        ));
                     }
                 }
                 other => errors.push(session_error(
@@ -1101,7 +1167,11 @@ impl Conn {
                     let ok = v.as_str().is_some_and(|s| GA_VOICES.contains(&s))
                         || v.get("id").and_then(Value::as_str).is_some_and(|id| id.starts_with("voice_"));
                     if !ok {
-                        errors.push(session_error("invalid_value", "session.audio.output.voice", format!("unknown voice {v}")));
+                        errors.push(session_error(
+                            "invalid_value",
+                            "session.audio.output.voice",
+                            format!("unknown voice {v}"),
+                        ));
                     } else if self.audio_produced && self.session.pointer("/audio/output/voice") != Some(v) {
                         errors.push(session_error(
                             "invalid_value",
@@ -1112,7 +1182,11 @@ impl Conn {
                 }
                 "speed" => {
                     if !v.as_f64().is_some_and(|s| (0.25..=1.5).contains(&s)) {
-                        errors.push(session_error("invalid_value", "session.audio.output.speed", format!("speed out of range: {v}")));
+                        errors.push(session_error(
+                            "invalid_value",
+                            "session.audio.output.speed",
+                            format!("speed out of range: {v}"),
+                        ));
                     }
                 }
                 other => errors.push(session_error(
@@ -1142,7 +1216,13 @@ impl Conn {
             return;
         }
         if self.script.reject_session_update {
-            self.error("invalid_request_error", "invalid_value", "session.update rejected by the test script", None, eid);
+            self.error(
+                "invalid_request_error",
+                "invalid_value",
+                "session.update rejected by the test script",
+                None,
+                eid,
+            );
             return;
         }
         // Merge: top-level fields replace; `audio.input` / `audio.output` merge field by field.
@@ -1177,7 +1257,7 @@ impl Conn {
             && self.fault
             && let Some(d) = self.script.drop_after
         {
-            self.drop_at = Some(Instant::now() + d);
+            self.drop_at = Some(after(d));
         }
     }
 
@@ -1185,13 +1265,23 @@ impl Conn {
 
     fn on_append(&mut self, v: &Value, eid: Option<&Value>) {
         let Some(audio) = v.get("audio").and_then(Value::as_str) else {
-            self.reject("missing_required_parameter", "input_audio_buffer.append without string `audio`".into(), Some("audio"), eid);
+            self.reject(
+                "missing_required_parameter",
+                "input_audio_buffer.append without string `audio`".into(),
+                Some("audio"),
+                eid,
+            );
             return;
         };
         let bytes = match B64.decode(audio) {
             Ok(b) => b,
             Err(e) => {
-                self.reject("invalid_value", format!("input_audio_buffer.append: bad base64 ({e})"), Some("audio"), eid);
+                self.reject(
+                    "invalid_value",
+                    format!("input_audio_buffer.append: bad base64 ({e})"),
+                    Some("audio"),
+                    eid,
+                );
                 return;
             }
         };
@@ -1281,10 +1371,13 @@ impl Conn {
             self.vad.phase = VadPhase::Speaking;
             self.vad.quiet_ms = 0;
             self.vad.item_id = new_id("item");
-            let padding = self.turn_detection().and_then(|td| td.get("prefix_padding_ms")).and_then(Value::as_u64).unwrap_or(0);
+            let padding =
+                self.turn_detection().and_then(|td| td.get("prefix_padding_ms")).and_then(Value::as_u64).unwrap_or(0);
             let item_id = self.vad.item_id.clone();
             let start = self.vad.onset_ms.saturating_sub(padding);
-            self.emit(json!({"type": "input_audio_buffer.speech_started", "audio_start_ms": start, "item_id": item_id}));
+            self.emit(
+                json!({"type": "input_audio_buffer.speech_started", "audio_start_ms": start, "item_id": item_id}),
+            );
             if self.resp.is_some() && self.script.interrupt_response && self.td_flag("interrupt_response") {
                 self.finish_response("cancelled", Some("turn_detected"));
             }
@@ -1311,7 +1404,8 @@ impl Conn {
             self.error("invalid_request_error", "input_audio_buffer_commit_empty", &msg, None, eid);
             return;
         }
-        let item_id = if self.vad.phase == VadPhase::Speaking { std::mem::take(&mut self.vad.item_id) } else { new_id("item") };
+        let item_id =
+            if self.vad.phase == VadPhase::Speaking { std::mem::take(&mut self.vad.item_id) } else { new_id("item") };
         self.vad.phase = VadPhase::Quiet;
         self.commit_user_item(item_id);
     }
@@ -1342,7 +1436,12 @@ impl Conn {
 
     fn on_item_create(&mut self, v: &Value, eid: Option<&Value>) {
         let Some(item) = v.get("item").and_then(Value::as_object) else {
-            self.reject("missing_required_parameter", "conversation.item.create without `item` object".into(), Some("item"), eid);
+            self.reject(
+                "missing_required_parameter",
+                "conversation.item.create without `item` object".into(),
+                Some("item"),
+                eid,
+            );
             return;
         };
         let ty = item.get("type").and_then(Value::as_str).unwrap_or("");
@@ -1360,7 +1459,9 @@ impl Conn {
                             _ => &["output_text"],
                         };
                         if !allowed.contains(&pt) {
-                            Some(format!("content part type {pt:?} is not valid for a {role} message (GA: {allowed:?})"))
+                            Some(format!(
+                                "content part type {pt:?} is not valid for a {role} message (GA: {allowed:?})"
+                            ))
                         } else if pt.ends_with("_text") && !p.get("text").is_some_and(Value::is_string) {
                             Some(format!("{pt} part without a string `text`"))
                         } else {
@@ -1379,8 +1480,9 @@ impl Conn {
                     None
                 }
             }
-            "function_call" => (!item.get("call_id").is_some_and(Value::is_string) || !item.get("name").is_some_and(Value::is_string))
-                .then(|| "function_call item without call_id/name".to_string()),
+            "function_call" => (!item.get("call_id").is_some_and(Value::is_string)
+                || !item.get("name").is_some_and(Value::is_string))
+            .then(|| "function_call item without call_id/name".to_string()),
             other => Some(format!("unknown item type {other:?}")),
         };
         if let Some(p) = problem {
@@ -1392,7 +1494,12 @@ impl Conn {
             Some(Value::String(s)) if s == "root" => None,
             Some(Value::String(s)) if self.items.contains(s) => Some(s.clone()),
             Some(other) => {
-                self.reject("item_not_found", format!("previous_item_id {other} is not in the conversation"), Some("previous_item_id"), eid);
+                self.reject(
+                    "item_not_found",
+                    format!("previous_item_id {other} is not in the conversation"),
+                    Some("previous_item_id"),
+                    eid,
+                );
                 return;
             }
         };
@@ -1411,7 +1518,9 @@ impl Conn {
         let prev = prev.map_or(Value::Null, Value::String);
         match prev.as_str().and_then(|p| self.items.iter().position(|i| i == p)) {
             Some(pos) => self.items.insert(pos + 1, id),
-            None if prev.is_null() && v.get("previous_item_id").and_then(Value::as_str) == Some("root") => self.items.insert(0, id),
+            None if prev.is_null() && v.get("previous_item_id").and_then(Value::as_str) == Some("root") => {
+                self.items.insert(0, id)
+            }
             None => self.items.push(id),
         }
         self.emit(json!({"type": "conversation.item.added", "previous_item_id": prev, "item": full}));
@@ -1421,7 +1530,12 @@ impl Conn {
     fn on_item_lookup(&mut self, kind: &str, v: &Value, eid: Option<&Value>) {
         let id = v.get("item_id").and_then(Value::as_str).unwrap_or("").to_string();
         let Some(pos) = self.items.iter().position(|i| *i == id) else {
-            self.reject("item_not_found", format!("{kind}: item_id {id:?} is not in the conversation"), Some("item_id"), eid);
+            self.reject(
+                "item_not_found",
+                format!("{kind}: item_id {id:?} is not in the conversation"),
+                Some("item_id"),
+                eid,
+            );
             return;
         };
         if kind == "conversation.item.delete" {
@@ -1444,7 +1558,9 @@ impl Conn {
         } else if audio_end_ms < 0 {
             Some(format!("truncate audio_end_ms must be a non-negative integer, got {:?}", v.get("audio_end_ms")))
         } else if audio_end_ms as u64 > item_audio_ms {
-            Some(format!("truncate audio_end_ms {audio_end_ms} exceeds the {item_audio_ms} ms of audio sent for {item_id}"))
+            Some(format!(
+                "truncate audio_end_ms {audio_end_ms} exceeds the {item_audio_ms} ms of audio sent for {item_id}"
+            ))
         } else {
             None
         };
@@ -1453,7 +1569,14 @@ impl Conn {
             Some(p) => self.reject("invalid_value", p, Some("audio_end_ms"), eid),
             None => self.emit(json!({"type": "conversation.item.truncated", "item_id": item_id, "content_index": 0, "audio_end_ms": audio_end_ms})),
         }
-        lock(&self.inner.log).truncates.push(TruncateRecord { conn: self.idx, at: now, item_id, audio_end_ms, item_audio_ms, accepted });
+        lock(&self.inner.log).truncates.push(TruncateRecord {
+            conn: self.idx,
+            at: now,
+            item_id,
+            audio_end_ms,
+            item_audio_ms,
+            accepted,
+        });
     }
 
     // --- responses ---------------------------------------------------------------------
@@ -1462,11 +1585,21 @@ impl Conn {
         let overrides = v.get("response");
         if let Some(r) = overrides {
             let Some(obj) = r.as_object() else {
-                self.reject("invalid_type", "response.create: `response` must be an object".into(), Some("response"), eid);
+                self.reject(
+                    "invalid_type",
+                    "response.create: `response` must be an object".into(),
+                    Some("response"),
+                    eid,
+                );
                 return;
             };
             if let Some(k) = obj.keys().find(|k| !GA_RESPONSE_KEYS.contains(&k.as_str())) {
-                self.reject("unknown_parameter", format!("response.create: unknown (or beta-only) field response.{k}"), Some("response"), eid);
+                self.reject(
+                    "unknown_parameter",
+                    format!("response.create: unknown (or beta-only) field response.{k}"),
+                    Some("response"),
+                    eid,
+                );
                 return;
             }
         }
@@ -1490,10 +1623,22 @@ impl Conn {
         }
     }
 
-    fn response_object(&self, id: &str, status: &str, details: Value, output: Value, usage: Value, modalities: Value, metadata: Value, audio: Value) -> Value {
-        json!({"object": "realtime.response", "id": id, "status": status, "status_details": details,
-            "output": output, "conversation_id": self.conversation_id, "output_modalities": modalities,
-            "max_output_tokens": "inf", "audio": audio, "usage": usage, "metadata": metadata})
+    /// `shape` carries the response's `output_modalities`, `audio` and `metadata`.
+    fn response_object(
+        &self,
+        id: &str,
+        status: &str,
+        details: Value,
+        output: Value,
+        usage: Value,
+        shape: &Value,
+    ) -> Value {
+        let mut r = json!({"object": "realtime.response", "id": id, "status": status, "status_details": details,
+            "output": output, "conversation_id": self.conversation_id, "max_output_tokens": "inf", "usage": usage});
+        if let (Some(r), Some(shape)) = (r.as_object_mut(), shape.as_object()) {
+            r.extend(shape.clone());
+        }
+        r
     }
 
     fn usage(&self, out_audio_ms: u64, out_words: usize) -> Value {
@@ -1514,8 +1659,9 @@ impl Conn {
         let item_id = new_id("item");
         let text = self.script.reply_transcript.clone();
         let metadata = overrides.and_then(|r| r.get("metadata")).cloned().unwrap_or(Value::Null);
+        let shape = json!({"output_modalities": ["text"], "metadata": metadata, "audio": null});
         let prev = self.items.last().cloned().map_or(Value::Null, Value::String);
-        let created = self.response_object(&id, "in_progress", Value::Null, json!([]), Value::Null, json!(["text"]), metadata.clone(), Value::Null);
+        let created = self.response_object(&id, "in_progress", Value::Null, json!([]), Value::Null, &shape);
         self.emit(json!({"type": "response.created", "response": created}));
         let item = json!({"id": item_id, "object": "realtime.item", "type": "message", "status": "in_progress", "role": "assistant", "content": []});
         self.emit(json!({"type": "response.output_item.added", "response_id": id, "output_index": 0, "item": item}));
@@ -1537,13 +1683,15 @@ impl Conn {
         self.emit(with("response.content_part.done", json!({"part": {"type": "text", "text": text}})));
         let done_item = json!({"id": item_id, "object": "realtime.item", "type": "message", "status": "completed", "role": "assistant",
             "content": [{"type": "output_text", "text": text}]});
-        self.emit(json!({"type": "response.output_item.done", "response_id": id, "output_index": 0, "item": done_item}));
+        self.emit(
+            json!({"type": "response.output_item.done", "response_id": id, "output_index": 0, "item": done_item}),
+        );
         if in_conversation {
             self.emit(json!({"type": "conversation.item.done", "previous_item_id": prev, "item": done_item}));
             self.items.push(item_id);
         }
         let usage = self.usage(0, text.split_whitespace().count());
-        let done = self.response_object(&id, "completed", Value::Null, json!([done_item]), usage, json!(["text"]), metadata, Value::Null);
+        let done = self.response_object(&id, "completed", Value::Null, json!([done_item]), usage, &shape);
         self.emit(json!({"type": "response.done", "response": done}));
     }
 
@@ -1574,14 +1722,17 @@ impl Conn {
         let id = new_id("resp");
         let item_id = new_id("item");
         let prev = self.items.last().cloned().map_or(Value::Null, Value::String);
-        let audio_obj = json!({"output": {"format": format, "voice": voice}});
-        let created = self.response_object(&id, "in_progress", Value::Null, json!([]), Value::Null, json!(["audio"]), metadata.clone(), audio_obj);
+        let shape = json!({"output_modalities": ["audio"], "metadata": metadata,
+            "audio": {"output": {"format": format, "voice": voice}}});
+        let created = self.response_object(&id, "in_progress", Value::Null, json!([]), Value::Null, &shape);
         self.emit(json!({"type": "response.created", "response": created}));
         let item = json!({"id": item_id, "object": "realtime.item", "type": "message", "status": "in_progress", "role": "assistant", "content": []});
         self.emit(json!({"type": "response.output_item.added", "response_id": id, "output_index": 0, "item": item}));
         self.emit(json!({"type": "conversation.item.added", "previous_item_id": prev, "item": item}));
-        self.emit(json!({"type": "response.content_part.added", "response_id": id, "item_id": item_id, "output_index": 0,
-            "content_index": 0, "part": {"type": "audio", "transcript": ""}}));
+        self.emit(
+            json!({"type": "response.content_part.added", "response_id": id, "item_id": item_id, "output_index": 0,
+            "content_index": 0, "part": {"type": "audio", "transcript": ""}}),
+        );
         self.items.push(item_id.clone());
         self.assistant.insert(item_id.clone(), AssistantAudio { bytes_sent: 0, bytes_per_ms });
         let mut delay = self.script.response_latency;
@@ -1597,8 +1748,8 @@ impl Conn {
             chunk,
             words: transcript.split_whitespace().map(str::to_string).collect(),
             words_sent: 0,
-            next_at: Instant::now() + delay,
-            interval: self.script.delta_interval,
+            next_at: after(delay),
+            interval: self.script.delta_interval.min(MAX_WAIT),
             bytes_per_ms,
             format,
             voice,
@@ -1624,8 +1775,10 @@ impl Conn {
                     text.insert(0, ' ');
                 }
                 r.words_sent = target;
-                out.push(json!({"type": "response.output_audio_transcript.delta", "response_id": r.id, "item_id": r.item_id,
-                    "output_index": 0, "content_index": 0, "delta": text, "obfuscation": "fAkEoBf"}));
+                out.push(
+                    json!({"type": "response.output_audio_transcript.delta", "response_id": r.id, "item_id": r.item_id,
+                    "output_index": 0, "content_index": 0, "delta": text, "obfuscation": "fAkEoBf"}),
+                );
             }
             r.next_at += r.interval;
             if let Some(a) = self.assistant.get_mut(&r.item_id) {
@@ -1650,8 +1803,10 @@ impl Conn {
                 text.insert(0, ' ');
             }
             r.words_sent = r.words.len();
-            self.emit(json!({"type": "response.output_audio_transcript.delta", "response_id": r.id, "item_id": r.item_id,
-                "output_index": 0, "content_index": 0, "delta": text}));
+            self.emit(
+                json!({"type": "response.output_audio_transcript.delta", "response_id": r.id, "item_id": r.item_id,
+                "output_index": 0, "content_index": 0, "delta": text}),
+            );
         }
         let transcript = r.words[..r.words_sent].join(" ");
         let ids = json!({"response_id": r.id, "item_id": r.item_id, "output_index": 0, "content_index": 0});
@@ -1678,8 +1833,9 @@ impl Conn {
             None => Value::Null,
         };
         let usage = self.usage((r.sent / r.bytes_per_ms) as u64, r.words_sent);
-        let audio_obj = json!({"output": {"format": r.format, "voice": r.voice}});
-        let done = self.response_object(&r.id, status, details, json!([item]), usage, json!(["audio"]), r.metadata.clone(), audio_obj);
+        let shape = json!({"output_modalities": ["audio"], "metadata": r.metadata,
+            "audio": {"output": {"format": r.format, "voice": r.voice}}});
+        let done = self.response_object(&r.id, status, details, json!([item]), usage, &shape);
         self.emit(json!({"type": "response.done", "response": done}));
         self.emit(json!({"type": "rate_limits.updated", "rate_limits": [{"name": "tokens", "limit": 40000, "remaining": 38490, "reset_seconds": 2.265}]}));
     }
@@ -1706,13 +1862,21 @@ fn validate_turn_detection(v: &Value, errors: &mut Vec<SessionError>) {
         ],
         Some("semantic_vad") => &["type", "eagerness", "create_response", "interrupt_response"],
         other => {
-            errors.push(session_error("invalid_value", P, format!("turn_detection.type {other:?} is not server_vad/semantic_vad")));
+            errors.push(session_error(
+                "invalid_value",
+                P,
+                format!("turn_detection.type {other:?} is not server_vad/semantic_vad"),
+            ));
             return;
         }
     };
     for (k, val) in td {
         if !allowed.contains(&k.as_str()) {
-            errors.push(session_error("unknown_parameter", P, format!("turn_detection.{k} is not valid for this type")));
+            errors.push(session_error(
+                "unknown_parameter",
+                P,
+                format!("turn_detection.{k} is not valid for this type"),
+            ));
             continue;
         }
         let ok = match k.as_str() {
@@ -1743,7 +1907,8 @@ mod tests {
         if let Some(key) = key {
             req.headers_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
         }
-        let (ws, _) = tokio::time::timeout(Duration::from_secs(2), tokio_tungstenite::connect_async(req)).await.unwrap().unwrap();
+        let (ws, _) =
+            tokio::time::timeout(Duration::from_secs(2), tokio_tungstenite::connect_async(req)).await.unwrap().unwrap();
         ws
     }
 
@@ -1765,7 +1930,9 @@ mod tests {
             }
             panic!("socket ended before {kind}");
         };
-        tokio::time::timeout(Duration::from_secs(2), fut).await.unwrap_or_else(|_| panic!("timed out waiting for {kind}"))
+        tokio::time::timeout(Duration::from_secs(2), fut)
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {kind}"))
     }
 
     fn phone_session() -> Value {
@@ -1805,7 +1972,15 @@ mod tests {
         assert_eq!(done["response"]["status"], "completed");
         assert!(done["response"]["usage"]["output_token_details"]["audio_tokens"].as_u64().unwrap() > 0);
         let kinds: Vec<&str> = seen.iter().map(|v| v["type"].as_str().unwrap()).collect();
-        assert_eq!(&kinds[..4], ["response.created", "response.output_item.added", "conversation.item.added", "response.content_part.added"]);
+        assert_eq!(
+            &kinds[..4],
+            [
+                "response.created",
+                "response.output_item.added",
+                "conversation.item.added",
+                "response.content_part.added"
+            ]
+        );
         let audio: Vec<u8> = seen
             .iter()
             .filter(|v| v["type"] == "response.output_audio.delta")
@@ -1818,11 +1993,19 @@ mod tests {
         let item_id = done["response"]["output"][0]["id"].as_str().unwrap().to_string();
 
         // Valid truncate, then one past the audio sent, then an unknown item.
-        send(&mut ws, json!({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": 640})).await;
+        send(
+            &mut ws,
+            json!({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": 640}),
+        )
+        .await;
         let t = until(&mut ws, "conversation.item.truncated", &mut Vec::new()).await;
         assert_eq!(t["audio_end_ms"], 640);
         assert!(fake.violations().is_empty(), "{:?}", fake.violations());
-        send(&mut ws, json!({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": 1001})).await;
+        send(
+            &mut ws,
+            json!({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": 1001}),
+        )
+        .await;
         let e = until(&mut ws, "error", &mut Vec::new()).await;
         assert_eq!(e["error"]["code"], "invalid_value");
         send(&mut ws, json!({"type": "conversation.item.truncate", "item_id": "item_nope", "content_index": 0, "audio_end_ms": 0})).await;
@@ -1890,14 +2073,20 @@ mod tests {
         assert_eq!(fake.appended_audio(0), audio);
         assert_eq!(fake.appended_ms(0), 900);
         assert_eq!(fake.count("input_audio_buffer.append"), audio.len() / 160);
-        fake.wait_for(|ev| ev.iter().filter(|e| e.kind() == "input_audio_buffer.append").count() == 45, Duration::from_secs(1))
-            .await
-            .unwrap();
+        fake.wait_for(
+            |ev| ev.iter().filter(|e| e.kind() == "input_audio_buffer.append").count() == 45,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
     }
 
     #[tokio::test]
     async fn rejects_bad_handshakes_and_beta_shapes() {
-        let fake = FakeRealtime::start(FakeScript { expected_api_key: Some("sk-good".into()), ..FakeScript::default() }).await.unwrap();
+        let fake =
+            FakeRealtime::start(FakeScript { expected_api_key: Some("sk-good".into()), ..FakeScript::default() })
+                .await
+                .unwrap();
         // Wrong key: 401.
         let mut req = fake.realtime_url("gpt-realtime").into_client_request().unwrap();
         req.headers_mut().insert("authorization", "Bearer sk-bad".parse().unwrap());
@@ -1921,7 +2110,11 @@ mod tests {
 
         // A beta-shaped session.update is answered with an error and recorded.
         let mut ws = connect(&fake, Some("sk-good")).await;
-        send(&mut ws, json!({"type": "session.update", "session": {"voice": "alloy", "input_audio_format": "g711_ulaw"}})).await;
+        send(
+            &mut ws,
+            json!({"type": "session.update", "session": {"voice": "alloy", "input_audio_format": "g711_ulaw"}}),
+        )
+        .await;
         let e = until(&mut ws, "error", &mut Vec::new()).await;
         assert!(e["error"]["code"].is_string());
         send(&mut ws, json!({"type": "response.audio.delta"})).await;

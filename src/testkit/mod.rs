@@ -68,10 +68,10 @@
 pub mod fake_realtime;
 pub mod twilio_client;
 
-pub use fake_realtime::{ClientEvent, FakeRealtime, FakeScript, Handshake, TruncateRecord};
+pub use fake_realtime::{FakeRealtime, FakeScript, Handshake, RecordedEvent, TruncateRecord};
 pub use twilio_client::{
-    CallStats, ClearRecord, MarkEcho, PlaybackRun, StartParams, TwilioCall, TwimlStream, UpgradeRefused, parse_twiml_stream,
-    post_webhook, sign, xml_unescape,
+    CallStats, ClearRecord, MarkEcho, PlaybackRun, StartParams, TwilioCall, TwimlStream, UpgradeRefused,
+    parse_twiml_stream, post_webhook, sign, xml_unescape,
 };
 
 /// G.711 μ-law decode (protocols.md B.2), written here independently of `crate::core`.
@@ -181,10 +181,22 @@ mod tests {
 
     #[test]
     fn ulaw_matches_the_reference_vectors() {
-        for (byte, value) in [(0x00u8, -32124i16), (0x80, 32124), (0x0F, -16764), (0xF0, 120), (0x7E, -8), (0xFF, 0), (0x7F, 0)] {
+        for (byte, value) in
+            [(0x00u8, -32124i16), (0x80, 32124), (0x0F, -16764), (0xF0, 120), (0x7E, -8), (0xFF, 0), (0x7F, 0)]
+        {
             assert_eq!(ulaw_decode(byte), value, "decode {byte:#04x}");
         }
-        for (sample, byte) in [(0i16, 0xFFu8), (-1, 0x7F), (4, 0xFE), (100, 0xF2), (-1000, 0x4E), (16000, 0x90), (32767, 0x80), (-32768, 0x00), (-31611, 0x01)] {
+        for (sample, byte) in [
+            (0i16, 0xFFu8),
+            (-1, 0x7F),
+            (4, 0xFE),
+            (100, 0xF2),
+            (-1000, 0x4E),
+            (16000, 0x90),
+            (32767, 0x80),
+            (-32768, 0x00),
+            (-31611, 0x01),
+        ] {
             assert_eq!(ulaw_encode(sample), byte, "encode {sample}");
         }
         for b in 0..=255u8 {

@@ -185,7 +185,8 @@ fn parse_http_response(raw: &[u8]) -> anyhow::Result<(u16, String)> {
 fn dechunk(mut data: &[u8]) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::new();
     loop {
-        let eol = data.windows(2).position(|w| w == b"\r\n").ok_or_else(|| anyhow::anyhow!("truncated chunked body"))?;
+        let eol =
+            data.windows(2).position(|w| w == b"\r\n").ok_or_else(|| anyhow::anyhow!("truncated chunked body"))?;
         let size_field = String::from_utf8_lossy(&data[..eol]);
         let size = usize::from_str_radix(size_field.split(';').next().unwrap_or("").trim(), 16)
             .map_err(|_| anyhow::anyhow!("bad chunk size {size_field:?}"))?;
@@ -240,7 +241,9 @@ pub fn xml_unescape(s: &str) -> String {
             "gt" => Some('>'),
             "quot" => Some('"'),
             "apos" => Some('\''),
-            e if e.starts_with("#x") || e.starts_with("#X") => u32::from_str_radix(&e[2..], 16).ok().and_then(char::from_u32),
+            e if e.starts_with("#x") || e.starts_with("#X") => {
+                u32::from_str_radix(&e[2..], 16).ok().and_then(char::from_u32)
+            }
             e if e.starts_with('#') => e[1..].parse().ok().and_then(char::from_u32),
             _ => None,
         };
@@ -261,7 +264,10 @@ pub fn xml_unescape(s: &str) -> String {
 
 /// Finds the tag starting at `start` (at its `<`); returns (attributes, end index after `>`,
 /// self-closing). Quote-aware; `None` if the tag is not terminated.
-fn read_tag(doc: &str, start: usize, name: &str) -> Option<(Vec<(String, String)>, usize, bool)> {
+/// A parsed start tag: attributes, index just past its `>`, and whether it is self-closing.
+type Tag = (Vec<(String, String)>, usize, bool);
+
+fn read_tag(doc: &str, start: usize, name: &str) -> Option<Tag> {
     let bytes = doc.as_bytes();
     let mut i = start + 1 + name.len();
     let mut attrs = Vec::new();
@@ -406,7 +412,9 @@ impl StartParams {
 #[error("WebSocket upgrade refused with HTTP {0}")]
 pub struct UpgradeRefused(pub u16);
 
-/// One stretch of continuous playback (see the module docs).
+/// One stretch of continuous playback (see the module docs): it begins when audio arrives
+/// while nothing plays and ends at a `clear`, or when the queue drains and no audio follows
+/// within 100 ms (shorter underruns do not split a run).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlaybackRun {
     pub started_at: Instant,
@@ -482,8 +490,16 @@ pub struct CallStats {
 }
 
 enum Entry {
-    Audio { bytes: Vec<u8>, offset: usize },
-    Mark { name: String, received_at: Instant },
+    /// `chunk` indexes [`Playback::chunks`].
+    Audio {
+        bytes: Vec<u8>,
+        offset: usize,
+        chunk: usize,
+    },
+    Mark {
+        name: String,
+        received_at: Instant,
+    },
 }
 
 /// A mark reached by playback (or flushed by `clear`).
@@ -505,11 +521,26 @@ struct Playback {
     played_total: u64,
     runs: Vec<PlaybackRun>,
     current: Option<usize>,
+    /// Every `media` payload received: (arrival, bytes played of it).
+    chunks: Vec<(Instant, u64)>,
 }
+
+/// Playback that resumes within this gap after draining continues the same run (a daemon
+/// pacing its output may underrun by a frame or two inside one item).
+const RUN_GAP: Duration = Duration::from_millis(100);
 
 impl Playback {
     fn new(now: Instant) -> Self {
-        Self { queue: VecDeque::new(), queued_audio: 0, clock: now, played: Vec::new(), played_total: 0, runs: Vec::new(), current: None }
+        Self {
+            queue: VecDeque::new(),
+            queued_audio: 0,
+            clock: now,
+            played: Vec::new(),
+            played_total: 0,
+            runs: Vec::new(),
+            current: None,
+            chunks: Vec::new(),
+        }
     }
 
     /// Plays out everything due by `now`; returns the marks reached, in order.
@@ -532,11 +563,14 @@ impl Playback {
             if budget == 0 {
                 break;
             }
-            let Some(Entry::Audio { bytes, offset }) = self.queue.front_mut() else { break };
+            let Some(Entry::Audio { bytes, offset, chunk }) = self.queue.front_mut() else { break };
             let n = budget.min(bytes.len() - *offset);
             self.played.extend_from_slice(&bytes[*offset..*offset + n]);
             *offset += n;
             let done = *offset == bytes.len();
+            if let Some(c) = self.chunks.get_mut(*chunk) {
+                c.1 += n as u64;
+            }
             self.played_total += n as u64;
             self.queued_audio -= n;
             self.clock += Duration::from_nanos((n as u128 * BYTE_NANOS) as u64);
@@ -558,6 +592,14 @@ impl Playback {
         if self.queued_audio == 0 {
             self.clock = now;
         }
+        if self.current.is_none()
+            && let Some(last) = self.runs.last_mut()
+            && !last.cleared
+            && last.ended_at.is_some_and(|end| now.saturating_duration_since(end) < RUN_GAP)
+        {
+            last.ended_at = None;
+            self.current = Some(self.runs.len() - 1);
+        }
         if self.current.is_none() {
             self.runs.push(PlaybackRun {
                 started_at: now,
@@ -573,7 +615,8 @@ impl Playback {
             run.received_bytes += bytes.len() as u64;
         }
         self.queued_audio += bytes.len();
-        self.queue.push_back(Entry::Audio { bytes, offset: 0 });
+        self.chunks.push((now, 0));
+        self.queue.push_back(Entry::Audio { bytes, offset: 0, chunk: self.chunks.len() - 1 });
     }
 
     /// Queues a mark arriving at `now` (call `advance(now)` first); echoed at once when no
@@ -608,13 +651,20 @@ impl Playback {
         (flushed, dropped, played, received)
     }
 
+    /// Bytes played of the audio that arrived in `[from, to)`.
+    fn played_between(&self, from: Instant, to: Instant) -> u64 {
+        self.chunks.iter().filter(|(at, _)| *at >= from && *at < to).map(|(_, played)| played).sum()
+    }
+
     /// When the next queued mark falls due, if any.
     fn next_due(&self) -> Option<Instant> {
         let mut bytes = 0usize;
         for entry in &self.queue {
             match entry {
-                Entry::Audio { bytes: b, offset } => bytes += b.len() - offset,
-                Entry::Mark { .. } => return Some(self.clock + Duration::from_nanos((bytes as u128 * BYTE_NANOS) as u64)),
+                Entry::Audio { bytes: b, offset, .. } => bytes += b.len() - offset,
+                Entry::Mark { .. } => {
+                    return Some(self.clock + Duration::from_nanos((bytes as u128 * BYTE_NANOS) as u64));
+                }
             }
         }
         None
@@ -661,7 +711,13 @@ impl State {
         for m in marks {
             let msg = json!({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": m.name}});
             let _ = self.out.send(Outgoing::Event(msg));
-            self.echoes.push(MarkEcho { name: m.name, received_at: m.received_at, due_at: m.due_at, echoed_at: now, cleared: m.cleared });
+            self.echoes.push(MarkEcho {
+                name: m.name,
+                received_at: m.received_at,
+                due_at: m.due_at,
+                echoed_at: now,
+                cleared: m.cleared,
+            });
         }
     }
 
@@ -815,16 +871,23 @@ pub struct TwilioCall {
 
 impl std::fmt::Debug for TwilioCall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TwilioCall").field("stream_sid", &self.start.stream_sid).field("call_sid", &self.start.call_sid).finish_non_exhaustive()
+        f.debug_struct("TwilioCall")
+            .field("stream_sid", &self.start.stream_sid)
+            .field("call_sid", &self.start.call_sid)
+            .finish_non_exhaustive()
     }
 }
 
 impl TwilioCall {
-    /// Opens the WebSocket (with `X-Twilio-Signature` when given), sends `connected` and
-    /// `start`, and starts streaming silence. Fails within 5 s; an HTTP refusal is an
-    /// [`UpgradeRefused`] inside the error.
+    /// Opens the WebSocket to `ws_url` (`ws://127.0.0.1:PORT/…`; local targets only) with
+    /// `X-Twilio-Signature` when given, sends `connected` and `start`, and starts streaming
+    /// silence. Fails within 5 s; an HTTP refusal is an [`UpgradeRefused`] inside the error.
     pub async fn connect(ws_url: &str, signature: Option<String>, start: StartParams) -> anyhow::Result<TwilioCall> {
         let mut req = ws_url.into_client_request()?;
+        let host = req.uri().host().unwrap_or_default();
+        if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
+            anyhow::bail!("TwilioCall::connect: only local targets are allowed, got {host:?}");
+        }
         if let Some(sig) = signature {
             req.headers_mut().insert("x-twilio-signature", HeaderValue::from_str(&sig)?);
         }
@@ -884,9 +947,10 @@ impl TwilioCall {
         });
         let cancel = CancellationToken::new();
         let (sink, stream) = ws.split();
-        let deadline = now + start.max_duration;
+        let deadline = now + start.max_duration.min(Duration::from_secs(86_400));
         let sender = tokio::spawn(send_loop(shared.clone(), sink, rx, cancel.clone(), start.clone(), now, deadline));
-        let receiver = tokio::spawn(receive_loop(shared.clone(), stream, cancel.clone(), deadline + Duration::from_secs(5)));
+        let receiver =
+            tokio::spawn(receive_loop(shared.clone(), stream, cancel.clone(), deadline + Duration::from_secs(5)));
         Ok(TwilioCall { shared, out: tx, start, cancel, tasks: vec![sender, receiver] })
     }
 
@@ -944,6 +1008,18 @@ impl TwilioCall {
         self.stats().played_ms
     }
 
+    /// Milliseconds played of the agent audio that *arrived* in `[from, to)`. With `from` =
+    /// when the fake Realtime sent an item's first delta and `to` = the `clear`'s
+    /// [`ClearRecord::at`], this is what the caller heard of that item, even if the daemon
+    /// under-ran in the middle of it (assuming the previous item's audio had all arrived
+    /// before `from`).
+    pub fn played_ms_between(&self, from: Instant, to: Instant) -> u64 {
+        self.shared.with(|s| {
+            s.sync(Instant::now());
+            s.playback.played_between(from, to) / 8
+        })
+    }
+
     /// The playback runs so far (the last one may still be playing).
     pub fn playback_runs(&self) -> Vec<PlaybackRun> {
         self.shared.with(|s| {
@@ -990,7 +1066,7 @@ impl TwilioCall {
     where
         F: Fn(&CallStats) -> bool,
     {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + timeout.min(Duration::from_secs(86_400));
         loop {
             let notified = self.shared.notify.notified();
             tokio::pin!(notified);
@@ -1000,7 +1076,10 @@ impl TwilioCall {
                 return Ok(stats);
             }
             if tokio::time::Instant::now() >= deadline {
-                anyhow::bail!("twilio call: timed out after {timeout:?}; stats {stats:?}; violations {:?}", self.violations());
+                anyhow::bail!(
+                    "twilio call: timed out after {timeout:?}; stats {stats:?}; violations {:?}",
+                    self.violations()
+                );
             }
             let tick = (tokio::time::Instant::now() + Duration::from_millis(10)).min(deadline);
             tokio::select! {
@@ -1159,10 +1238,16 @@ mod tests {
             ("From", "+14158675309"),
             ("To", "+18005551212"),
         ];
-        assert_eq!(sign("12345", "https://mycompany.com/myapp.php?foo=1&bar=2", &params), "RSOYDt4T1cUTdK1PDd93/VVr8B8=");
+        assert_eq!(
+            sign("12345", "https://mycompany.com/myapp.php?foo=1&bar=2", &params),
+            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+        );
         let mut shuffled = params;
         shuffled.reverse();
-        assert_eq!(sign("12345", "https://mycompany.com/myapp.php?foo=1&bar=2", &shuffled), "RSOYDt4T1cUTdK1PDd93/VVr8B8=");
+        assert_eq!(
+            sign("12345", "https://mycompany.com/myapp.php?foo=1&bar=2", &shuffled),
+            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+        );
         assert_eq!(sign("12345", "wss://agent.example.com/twilio/media", &[]), "jnHHJVRuc+5O5HxzOjyUz1Q19Bc=");
         let json_url = "https://mycompany.com/myapp.php?foo=1&bar=2&bodySHA256=0a1ff7634d9ab3b95db5c9a2dfe9416e41502b283a80c7cf19632632f96e6620";
         assert_eq!(sign("12345", json_url, &[]), "a9nBmqA0ju/hNViExpshrM61xv4=");
@@ -1189,7 +1274,8 @@ mod tests {
         assert_eq!(s.parameter("caller"), Some("+15551234567"));
         assert_eq!(s.parameter("quote"), Some("\"hi\" & A"));
         assert_eq!(s.attributes.iter().find(|(k, _)| k == "statusCallbackMethod").unwrap().1, "POST");
-        let one_line = r#"<Response><Start><Stream url="wss://x/y" /></Start><Parameter name="outside" value="1"/></Response>"#;
+        let one_line =
+            r#"<Response><Start><Stream url="wss://x/y" /></Start><Parameter name="outside" value="1"/></Response>"#;
         let s = parse_twiml_stream(one_line).unwrap();
         assert!(!s.bidirectional && s.parameters.is_empty());
         assert!(parse_twiml_stream("<Response><Say>no stream</Say><Streaming/></Response>").is_none());
@@ -1252,6 +1338,20 @@ mod tests {
         assert_eq!(p.runs[1].played_ms(), 10);
         assert_eq!(p.runs[1].ended_at, Some(t0 + ms(1010)));
         assert_eq!(p.played_total, 2080);
+
+        // An underrun shorter than RUN_GAP continues the run; a longer gap starts a new one.
+        p.push_audio(t0 + ms(1050), vec![4; 80], 900);
+        assert!(p.advance(t0 + ms(1100)).is_empty());
+        assert_eq!(p.runs.len(), 2);
+        assert_eq!(p.runs[1].played_ms(), 20);
+        p.push_audio(t0 + ms(1300), vec![5; 80], 1000);
+        p.advance(t0 + ms(1400));
+        assert_eq!(p.runs.len(), 3);
+        assert_eq!(p.runs[2].started_caller_ms, 1000);
+        // What played of the audio that arrived in a window.
+        assert_eq!(p.played_between(t0, t0 + ms(1)), 2000);
+        assert_eq!(p.played_between(t0 + ms(1000), t0 + ms(1200)), 160);
+        assert_eq!(p.played_between(t0, t0 + ms(2000)), 2240);
     }
 
     /// What the in-test "daemon" observed.
@@ -1279,7 +1379,9 @@ mod tests {
                 let mut s = lock(seen);
                 match v["event"].as_str() {
                     Some("media") => s.frames.push(v),
-                    Some("mark") => s.echoes.push((v["mark"]["name"].as_str().unwrap_or("").to_string(), Instant::now())),
+                    Some("mark") => {
+                        s.echoes.push((v["mark"]["name"].as_str().unwrap_or("").to_string(), Instant::now()))
+                    }
                     _ => s.other.push(v),
                 }
             }
@@ -1298,14 +1400,18 @@ mod tests {
         assert_eq!(sid.len(), 34);
         assert!(sid.starts_with("MZ"));
         assert_eq!(start["start"]["tracks"], json!(["inbound"]));
-        assert_eq!(start["start"]["mediaFormat"], json!({"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}));
+        assert_eq!(
+            start["start"]["mediaFormat"],
+            json!({"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1})
+        );
         assert_eq!(start["start"]["customParameters"], json!({"tenant": "acme"}));
         lock(&seen).other.push(start);
 
         // 500 ms of audio in 5 chunks, a mark after each.
         *lock(&t_first_media) = Some(Instant::now());
         for i in 0..5u8 {
-            let media = json!({"event": "media", "streamSid": sid, "media": {"payload": B64.encode(vec![0x80 + i; 800])}});
+            let media =
+                json!({"event": "media", "streamSid": sid, "media": {"payload": B64.encode(vec![0x80 + i; 800])}});
             ws.send(AxMessage::text(media.to_string())).await.unwrap();
             let mark = json!({"event": "mark", "streamSid": sid, "mark": {"name": format!("m{i}")}});
             ws.send(AxMessage::text(mark.to_string())).await.unwrap();
@@ -1362,7 +1468,12 @@ mod tests {
         let speech = ulaw_tone(100, 440.0, 8_000);
         let speech_at = call.play(&speech);
         assert!(speech_at <= 40, "{speech_at}");
-        assert!(call.wait_closed(Duration::from_secs(3)).await, "daemon close not seen: {:?} {:?}", call.stats(), call.violations());
+        assert!(
+            call.wait_closed(Duration::from_secs(3)).await,
+            "daemon close not seen: {:?} {:?}",
+            call.stats(),
+            call.violations()
+        );
         let stats = call.stats();
         server.abort();
 
@@ -1400,7 +1511,13 @@ mod tests {
         }
         let (_, x1_at) = seen.echoes[5];
         let (_, x2_at) = seen.echoes[6];
-        assert!(x2_at - x1_at < ms(20), "flushed marks should arrive together: {:?} {:?} {:?}", x1_at - t_first, x2_at - t_first, call.mark_echoes());
+        assert!(
+            x2_at - x1_at < ms(20),
+            "flushed marks should arrive together: {:?} {:?} {:?}",
+            x1_at - t_first,
+            x2_at - t_first,
+            call.mark_echoes()
+        );
         assert!(x1_at - t_first >= ms(740), "x1 must wait for the clear, not its 250 ms of audio");
 
         let clears = call.clears();
@@ -1433,7 +1550,8 @@ mod tests {
 
     #[tokio::test]
     async fn refused_upgrade_reports_the_status() {
-        let app = axum::Router::new().route("/media", axum::routing::get(|| async { axum::http::StatusCode::FORBIDDEN }));
+        let app =
+            axum::Router::new().route("/media", axum::routing::get(|| async { axum::http::StatusCode::FORBIDDEN }));
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -1445,7 +1563,8 @@ mod tests {
         let app = axum::Router::new().route(
             "/hook/twiml",
             axum::routing::post(|headers: axum::http::HeaderMap, body: String| async move {
-                let sig = headers.get("x-twilio-signature").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+                let sig =
+                    headers.get("x-twilio-signature").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
                 format!("{sig}|{body}")
             }),
         );
@@ -1456,7 +1575,9 @@ mod tests {
         });
         let params = [("CallSid", "CA1"), ("From", "+1 555")];
         let (status, body) =
-            post_webhook(&format!("http://{addr2}/hook"), "https://sb.example.com/hook/", Some("tok"), &params).await.unwrap();
+            post_webhook(&format!("http://{addr2}/hook"), "https://sb.example.com/hook/", Some("tok"), &params)
+                .await
+                .unwrap();
         assert_eq!(status, 200);
         let expected_sig = sign("tok", "https://sb.example.com/hook/twiml", &params);
         assert_eq!(body, format!("{expected_sig}|CallSid=CA1&From=%2B1+555"));

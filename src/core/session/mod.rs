@@ -689,8 +689,8 @@ impl CallSession {
         self.held.push(idx, &self.bytes);
     }
 
-    /// In pcm24k mode the downsampler holds back up to one chunk; push it out at item end
-    /// with a chunk of silence so the last syllable is not lost.
+    /// In pcm24k mode the downsampler holds back up to one chunk; flush it at item end so the
+    /// last syllable is not lost.
     fn flush_resampler_tail(&mut self, _now: Millis) {
         if self.p.audio_format != AudioFormat::Pcm24k {
             return;
@@ -703,9 +703,14 @@ impl CallSession {
         }
         self.items[idx].tail_flushed = true;
         self.down_carry = None;
-        self.pcm24k.clear();
-        self.pcm24k.resize(480, 0);
-        self.resample_down_into_item(idx);
+        self.pcm8k.clear();
+        if let Some(down) = self.down.as_mut() {
+            down.flush(&mut self.pcm8k);
+        }
+        self.bytes.clear();
+        mulaw::encode_into(&self.pcm8k, &mut self.bytes);
+        self.items[idx].generated_bytes += self.bytes.len() as u64;
+        self.held.push(idx, &self.bytes);
     }
 
     // ------------------------------------------------------------------ outbound pacing
