@@ -81,7 +81,9 @@ pub async fn start(config: Config, listener: TcpListener, sink: Arc<dyn CallSink
         warn!("{p}");
     }
     if config.insecure_skip_signature {
-        warn!("!!! SWITCHBOARD_INSECURE_SKIP_SIGNATURE=1: Twilio signatures are NOT checked. Anyone can open calls on your bill. Never use this in production. !!!");
+        warn!(
+            "!!! SWITCHBOARD_INSECURE_SKIP_SIGNATURE=1: Twilio signatures are NOT checked. Anyone can open calls on your bill. Never use this in production. !!!"
+        );
     }
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::default());

@@ -75,10 +75,9 @@ impl Config {
 
         let bind = match (get("SWITCHBOARD_BIND"), get("PORT")) {
             (Some(b), _) => b.parse::<SocketAddr>().map_err(|e| format!("SWITCHBOARD_BIND={b:?}: {e}")),
-            (None, Some(p)) => p
-                .parse::<u16>()
-                .map(|p| SocketAddr::from(([0, 0, 0, 0], p)))
-                .map_err(|e| format!("PORT={p:?}: {e}")),
+            (None, Some(p)) => {
+                p.parse::<u16>().map(|p| SocketAddr::from(([0, 0, 0, 0], p))).map_err(|e| format!("PORT={p:?}: {e}"))
+            }
             (None, None) => Ok(SocketAddr::from(([0, 0, 0, 0], 8080))),
         }
         .unwrap_or_else(|e| {
@@ -132,7 +131,8 @@ impl Config {
         let realtime_connect_timeout = Duration::from_millis(num("SWITCHBOARD_REALTIME_TIMEOUT_MS", 5000, 100, 60_000));
         let shutdown_grace = Duration::from_secs(num("SWITCHBOARD_SHUTDOWN_GRACE_SECS", 30, 0, 3600));
         let max_stream_message_bytes = num("SWITCHBOARD_MAX_STREAM_MESSAGE_BYTES", 64 * 1024, 1024, 16 << 20) as usize;
-        let stream_start_timeout = Duration::from_millis(num("SWITCHBOARD_STREAM_START_TIMEOUT_MS", 10_000, 100, 120_000));
+        let stream_start_timeout =
+            Duration::from_millis(num("SWITCHBOARD_STREAM_START_TIMEOUT_MS", 10_000, 100, 120_000));
         let backlog_frames = num("SWITCHBOARD_BACKLOG_FRAMES", 50, 1, 3000) as usize;
 
         let smtp_url = get("SMTP_URL");
@@ -143,7 +143,10 @@ impl Config {
             problems.push("SMTP_URL: expected smtp://… or smtps://…".into());
         }
         let database_url = get("DATABASE_URL").unwrap_or_else(|| "sqlite://./data/switchboard.db".into());
-        if !(database_url.starts_with("sqlite:") || database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
             problems.push("DATABASE_URL: expected sqlite://… or postgres://…".into());
         }
 
@@ -255,7 +258,12 @@ mod tests {
 
     #[test]
     fn urls_are_derived() {
-        let c = cfg(&[("PUBLIC_BASE_URL", "https://sb.example.com/"), ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1"), ("PORT", "9000")]).unwrap();
+        let c = cfg(&[
+            ("PUBLIC_BASE_URL", "https://sb.example.com/"),
+            ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1"),
+            ("PORT", "9000"),
+        ])
+        .unwrap();
         assert_eq!(c.stream_url().unwrap(), "wss://sb.example.com/media-stream");
         assert_eq!(c.realtime_url(), "ws://127.0.0.1:9/v1/realtime?model=gpt-realtime-1.5");
         assert_eq!(c.bind.port(), 9000);

@@ -128,25 +128,83 @@ impl Metrics {
         one("switchboard_live_calls", "gauge", "Calls currently bridged.", &self.live_calls);
         one("switchboard_calls_started_total", "counter", "Media streams that started a call.", &self.calls_started);
         one("switchboard_calls_ended_total", "counter", "Calls that ended and produced a record.", &self.calls_ended);
-        one("switchboard_calls_rejected_total", "counter", "Webhooks or streams refused (signature, draining, unknown stream).", &self.calls_rejected);
-        one("switchboard_upstream_failures_total", "counter", "Calls whose Realtime session failed (the caller heard the apology).", &self.upstream_failures);
+        one(
+            "switchboard_calls_rejected_total",
+            "counter",
+            "Webhooks or streams refused (signature, draining, unknown stream).",
+            &self.calls_rejected,
+        );
+        one(
+            "switchboard_upstream_failures_total",
+            "counter",
+            "Calls whose Realtime session failed (the caller heard the apology).",
+            &self.upstream_failures,
+        );
         one("switchboard_frames_in_total", "counter", "Caller media frames received from Twilio.", &self.frames_in);
         one("switchboard_frames_out_total", "counter", "Agent media frames sent to Twilio.", &self.frames_out);
-        one("switchboard_frames_dropped_total", "counter", "Caller frames dropped while the upstream was not ready.", &self.frames_dropped);
-        one("switchboard_malformed_frames_total", "counter", "Malformed Media Streams messages (counted and ignored).", &self.malformed_frames);
+        one(
+            "switchboard_frames_dropped_total",
+            "counter",
+            "Caller frames dropped while the upstream was not ready.",
+            &self.frames_dropped,
+        );
+        one(
+            "switchboard_malformed_frames_total",
+            "counter",
+            "Malformed Media Streams messages (counted and ignored).",
+            &self.malformed_frames,
+        );
         one("switchboard_malformed_upstream_total", "counter", "Unreadable Realtime events.", &self.malformed_upstream);
-        one("switchboard_oversized_messages_total", "counter", "Streams closed for an oversized message.", &self.oversized_messages);
+        one(
+            "switchboard_oversized_messages_total",
+            "counter",
+            "Streams closed for an oversized message.",
+            &self.oversized_messages,
+        );
         one("switchboard_barge_ins_total", "counter", "Times a caller interrupted the agent.", &self.barge_ins);
         one("switchboard_webhooks_total", "counter", "Voice webhooks answered.", &self.webhooks);
-        one("switchboard_signature_failures_total", "counter", "Requests refused for a bad or missing X-Twilio-Signature.", &self.signature_failures);
-        one("switchboard_prewarm_started_total", "counter", "Realtime sessions opened at webhook time.", &self.prewarm_started);
-        one("switchboard_prewarm_claimed_total", "counter", "Pre-warmed sessions claimed by their stream.", &self.prewarm_claimed);
-        one("switchboard_prewarm_expired_total", "counter", "Pre-warmed sessions closed unclaimed.", &self.prewarm_expired);
+        one(
+            "switchboard_signature_failures_total",
+            "counter",
+            "Requests refused for a bad or missing X-Twilio-Signature.",
+            &self.signature_failures,
+        );
+        one(
+            "switchboard_prewarm_started_total",
+            "counter",
+            "Realtime sessions opened at webhook time.",
+            &self.prewarm_started,
+        );
+        one(
+            "switchboard_prewarm_claimed_total",
+            "counter",
+            "Pre-warmed sessions claimed by their stream.",
+            &self.prewarm_claimed,
+        );
+        one(
+            "switchboard_prewarm_expired_total",
+            "counter",
+            "Pre-warmed sessions closed unclaimed.",
+            &self.prewarm_expired,
+        );
         one("switchboard_tenant_reloads_total", "counter", "Successful tenants.toml reloads.", &self.tenant_reloads);
-        one("switchboard_tenant_reload_failures_total", "counter", "Rejected tenants.toml reloads (old file kept).", &self.tenant_reload_failures);
+        one(
+            "switchboard_tenant_reload_failures_total",
+            "counter",
+            "Rejected tenants.toml reloads (old file kept).",
+            &self.tenant_reload_failures,
+        );
         self.barge_in_latency.render(&mut out, "switchboard_barge_in_seconds", "Caller speech onset to clear.");
-        self.first_audio_latency.render(&mut out, "switchboard_first_audio_seconds", "Stream start to first greeting audio.");
-        self.realtime_connect.render(&mut out, "switchboard_realtime_connect_seconds", "Realtime connect and configure.");
+        self.first_audio_latency.render(
+            &mut out,
+            "switchboard_first_audio_seconds",
+            "Stream start to first greeting audio.",
+        );
+        self.realtime_connect.render(
+            &mut out,
+            "switchboard_realtime_connect_seconds",
+            "Realtime connect and configure.",
+        );
         out
     }
 }

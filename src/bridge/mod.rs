@@ -180,13 +180,23 @@ fn admit(rt: &CallRuntime, start: &Start) -> Option<Arc<Tenant>> {
     tenant
 }
 
-async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<Tenant>, mut tw_tx: TwTx, mut tw_rx: TwRx) {
+async fn run_call(
+    rt: Arc<CallRuntime>,
+    t0: Instant,
+    start: Start,
+    tenant: Arc<Tenant>,
+    mut tw_tx: TwTx,
+    mut tw_rx: TwRx,
+) {
     let now = || t0.elapsed().as_millis() as Millis;
     let params = &start.custom_parameters;
     let call_sid = start.call_sid.clone();
     let from = params.get("from").cloned().unwrap_or_default();
     let started_at = unix_ms();
-    rt.live.insert(call_sid.clone(), LiveCall { tenant_id: tenant.id.clone(), from: from.clone(), started_at_ms: started_at });
+    rt.live.insert(
+        call_sid.clone(),
+        LiveCall { tenant_id: tenant.id.clone(), from: from.clone(), started_at_ms: started_at },
+    );
     rt.metrics.live_calls.fetch_add(1, Relaxed);
     rt.metrics.calls_started.fetch_add(1, Relaxed);
     info!(from = %from, "call started");
@@ -405,7 +415,11 @@ fn handle_notices(rt: &CallRuntime, session: &mut CallSession) {
             Notice::MalformedTwilio(e) => debug!(error = %e, "malformed media stream message ignored"),
             Notice::MalformedRealtime(e) => warn!(error = %e, "unreadable realtime event ignored"),
             Notice::UpstreamError { code, message } => {
-                warn!(code = code.as_deref().unwrap_or("-"), message = message.as_deref().unwrap_or("-"), "realtime error")
+                warn!(
+                    code = code.as_deref().unwrap_or("-"),
+                    message = message.as_deref().unwrap_or("-"),
+                    "realtime error"
+                )
             }
         }
     }

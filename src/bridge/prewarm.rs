@@ -56,7 +56,13 @@ impl Prewarmer {
         self.tracker.spawn(async move { this.hold(sid, settings, spec, claim_rx).await }.instrument(span));
     }
 
-    async fn hold(self: Arc<Self>, sid: String, settings: RealtimeSettings, spec: SessionSpec, mut claim_rx: oneshot::Receiver<Reply>) {
+    async fn hold(
+        self: Arc<Self>,
+        sid: String,
+        settings: RealtimeSettings,
+        spec: SessionSpec,
+        mut claim_rx: oneshot::Receiver<Reply>,
+    ) {
         let t0 = Instant::now();
         let deadline = tokio::time::Instant::now() + self.ttl;
         // Open while watching for an early claim: the claimer then simply waits for the result.

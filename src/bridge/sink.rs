@@ -20,7 +20,9 @@ impl CallSink for LogSink {
     fn submit(&self, record: CallRecord) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             match serde_json::to_string(&record) {
-                Ok(json) => tracing::info!(target: "call_record", call_sid = %record.call_sid, tenant = %record.tenant_id, record = %json, "call record"),
+                Ok(json) => {
+                    tracing::info!(target: "call_record", call_sid = %record.call_sid, tenant = %record.tenant_id, record = %json, "call record")
+                }
                 Err(e) => tracing::error!(call_sid = %record.call_sid, error = %e, "call record not serialisable"),
             }
         })

@@ -13,10 +13,7 @@ use crate::bridge::CallRuntime;
 use crate::http::error::ApiError;
 
 pub fn router() -> Router<Arc<CallRuntime>> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/public-url", get(public_url))
-        .route("/metrics", get(metrics))
+    Router::new().route("/healthz", get(healthz)).route("/public-url", get(public_url)).route("/metrics", get(metrics))
 }
 
 /// 200 while serving, 503 while draining (so a load balancer stops sending calls).
@@ -34,9 +31,11 @@ async fn healthz(State(rt): State<Arc<CallRuntime>>) -> impl IntoResponse {
 
 /// Where Twilio must be pointed.
 async fn public_url(State(rt): State<Arc<CallRuntime>>) -> Result<impl IntoResponse, ApiError> {
-    let base = rt.config.public_base_url.as_deref().ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, "not_configured", "PUBLIC_BASE_URL is not set")
-    })?;
+    let base = rt
+        .config
+        .public_base_url
+        .as_deref()
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_configured", "PUBLIC_BASE_URL is not set"))?;
     Ok(Json(json!({
         "publicBaseUrl": base,
         "webhookUrl": format!("{base}/twiml"),

@@ -18,14 +18,16 @@ pub fn router() -> Router<Arc<CallRuntime>> {
     Router::new().route("/media-stream", get(upgrade))
 }
 
-async fn upgrade(State(rt): State<Arc<CallRuntime>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
+async fn upgrade(
+    State(rt): State<Arc<CallRuntime>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
     if rt.is_draining() {
         return Err(ApiError::unavailable("draining", "shutting down; not taking new calls"));
     }
-    let url = rt
-        .config
-        .stream_url()
-        .ok_or_else(|| ApiError::unavailable("not_configured", "PUBLIC_BASE_URL is not set"))?;
+    let url =
+        rt.config.stream_url().ok_or_else(|| ApiError::unavailable("not_configured", "PUBLIC_BASE_URL is not set"))?;
     check_signature(&rt, &headers, &url, &[])?;
     let max = rt.config.max_stream_message_bytes;
     // The call is tracked from here: shutdown waits for it.

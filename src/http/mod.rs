@@ -14,9 +14,5 @@ use crate::bridge::CallRuntime;
 
 /// The whole router.
 pub fn router(rt: Arc<CallRuntime>) -> Router {
-    Router::new()
-        .merge(health::router())
-        .merge(twiml::router())
-        .merge(media_stream::router())
-        .with_state(rt)
+    Router::new().merge(health::router()).merge(twiml::router()).merge(media_stream::router()).with_state(rt)
 }

@@ -103,14 +103,23 @@ async fn webhook(
         info!(call_sid, to, "no tenant for the dialed number; apologising");
         return Ok(xml(twiml::say_and_hangup(twiml::unknown_number_apology(lang), lang)));
     };
-    let stream_url = rt
+    let stream_url =
+        rt.config.stream_url().ok_or_else(|| ApiError::unavailable("not_configured", "PUBLIC_BASE_URL is not set"))?;
+    let token = rt
         .config
-        .stream_url()
-        .ok_or_else(|| ApiError::unavailable("not_configured", "PUBLIC_BASE_URL is not set"))?;
-    let token = rt.config.twilio_auth_token.as_ref().map(|t| stream_token(t.expose(), call_sid, &tenant.id)).unwrap_or_default();
+        .twilio_auth_token
+        .as_ref()
+        .map(|t| stream_token(t.expose(), call_sid, &tenant.id))
+        .unwrap_or_default();
     let answer = twiml::connect_stream(
         &stream_url,
-        &[("tenant", tenant.id.as_str()), ("from", from), ("to", to), ("call_sid", call_sid), (TOKEN_PARAM, token.as_str())],
+        &[
+            ("tenant", tenant.id.as_str()),
+            ("from", from),
+            ("to", to),
+            ("call_sid", call_sid),
+            (TOKEN_PARAM, token.as_str()),
+        ],
     );
     if let Some(settings) = rt.realtime_settings() {
         rt.prewarm.start(call_sid, settings, rt.session_spec(&tenant));

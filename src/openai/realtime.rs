@@ -68,18 +68,15 @@ async fn open_inner(settings: &RealtimeSettings, spec: &SessionSpec) -> Result<R
     // session.updated echoes the full instructions; audio deltas can be large.
     cfg.max_message_size = Some(32 << 20);
     cfg.max_frame_size = Some(32 << 20);
-    let (mut socket, _resp) = tokio_tungstenite::connect_async_with_config(req, Some(cfg), true)
-        .await
-        .map_err(|e| match e {
+    let (mut socket, _resp) =
+        tokio_tungstenite::connect_async_with_config(req, Some(cfg), true).await.map_err(|e| match e {
             tungstenite::Error::Http(resp) => RealtimeError::Refused(resp.status().as_u16()),
             other => RealtimeError::Connect(other.to_string()),
         })?;
-    socket
-        .send(Message::text(spec.session_update()))
-        .await
-        .map_err(|e| RealtimeError::Connect(e.to_string()))?;
+    socket.send(Message::text(spec.session_update())).await.map_err(|e| RealtimeError::Connect(e.to_string()))?;
     loop {
-        let msg = socket.next().await.ok_or(RealtimeError::Closed)?.map_err(|e| RealtimeError::Connect(e.to_string()))?;
+        let msg =
+            socket.next().await.ok_or(RealtimeError::Closed)?.map_err(|e| RealtimeError::Connect(e.to_string()))?;
         let text = match msg {
             Message::Text(t) => t,
             Message::Close(_) => return Err(RealtimeError::Closed),

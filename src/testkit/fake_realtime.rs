@@ -101,8 +101,8 @@ pub struct FakeScript {
     /// Record the first `session.update` omitting instructions, formats, voice, turn detection
     /// or transcription as a violation (what this daemon must always configure).
     pub strict_session: bool,
-    /// Keep `input_audio_buffer.append` events and their audio in the log. Turn off for long
-    /// load runs: appends are then only counted.
+    /// Keep `input_audio_buffer.append` events, their audio, and the server's audio deltas in
+    /// the logs. Turn off for long load runs: those events are then only counted.
     pub record_audio: bool,
 }
 
@@ -181,6 +181,8 @@ pub struct Handshake {
 struct Log {
     events: Vec<RecordedEvent>,
     sent: Vec<RecordedEvent>,
+    sent_counts: HashMap<String, usize>,
+    first_delta: HashMap<String, Instant>,
     counts: HashMap<String, usize>,
     appended: Vec<Vec<u8>>,
     appended_bytes: Vec<u64>,
@@ -274,7 +276,8 @@ impl FakeRealtime {
         lock(&self.inner.log).events.clone()
     }
 
-    /// Snapshot of every server event sent (all connections, send order).
+    /// Snapshot of every server event sent (all connections, send order; audio deltas are
+    /// left out when the script has `record_audio: false`).
     pub fn server_events(&self) -> Vec<RecordedEvent> {
         lock(&self.inner.log).sent.clone()
     }
@@ -286,7 +289,13 @@ impl FakeRealtime {
 
     /// Number of server events of type `kind` sent.
     pub fn count_sent(&self, kind: &str) -> usize {
-        lock(&self.inner.log).sent.iter().filter(|e| e.kind() == kind).count()
+        lock(&self.inner.log).sent_counts.get(kind).copied().unwrap_or(0)
+    }
+
+    /// When the first `response.output_audio.delta` of assistant item `item_id` was sent: the
+    /// `from` of [`super::TwilioCall::played_ms_between`] for that item.
+    pub fn item_audio_started(&self, item_id: &str) -> Option<Instant> {
+        lock(&self.inner.log).first_delta.get(item_id).copied()
     }
 
     /// Concatenated decoded audio of all `input_audio_buffer.append` of connection `conn`
@@ -823,7 +832,22 @@ impl Conn {
             }
             sent.push(RecordedEvent { conn: self.idx, at: Instant::now(), event: ev });
         }
-        lock(&self.inner.log).sent.extend(sent);
+        let mut log = lock(&self.inner.log);
+        for ev in sent {
+            let kind = ev.kind().to_string();
+            if kind == "response.output_audio.delta"
+                && let Some(item) = ev.event.get("item_id").and_then(Value::as_str)
+                && !log.first_delta.contains_key(item)
+            {
+                log.first_delta.insert(item.to_string(), ev.at);
+            }
+            let keep = self.script.record_audio || kind != "response.output_audio.delta";
+            *log.sent_counts.entry(kind).or_default() += 1;
+            if keep {
+                log.sent.push(ev);
+            }
+        }
+        drop(log);
         self.inner.notify.notify_waiters();
         ok
     }
@@ -2014,6 +2038,8 @@ mod tests {
         assert_eq!(tr.len(), 3);
         assert!(tr[0].accepted && !tr[1].accepted && !tr[2].accepted);
         assert_eq!(tr[0].item_audio_ms, 1_000);
+        assert!(fake.item_audio_started(&item_id).is_some_and(|t| t <= tr[0].at));
+        assert_eq!(fake.count_sent("response.output_audio.delta"), 10);
         assert_eq!(fake.violations().len(), 2);
 
         // Cancel with nothing active is an error, not a violation.

@@ -57,9 +57,13 @@
 //! let barge_in_delay_ms = clear.caller_audio_ms - speech_at; // in caller-audio time
 //! fake.wait_for(|ev| ev.iter().any(|e| e.kind() == "conversation.item.truncate"), Duration::from_secs(2)).await?;
 //! let truncate = fake.truncates()[0].clone();
-//! let heard_ms = clear.run_played_ms; // what the caller heard of the interrupted item
-//! let error_ms = truncate.audio_end_ms as i64 - heard_ms as i64;
-//! # let _ = (barge_in_delay_ms, error_ms);
+//! // What the caller heard of the interrupted item: the run the clear cut, or (robust to
+//! // underruns) what played of the audio that arrived after the item's first delta was sent.
+//! let heard_ms = clear.run_played_ms;
+//! let item_start = fake.item_audio_started(&truncate.item_id).expect("item had audio");
+//! let heard_exact_ms = call.played_ms_between(item_start, clear.at);
+//! let error_ms = truncate.audio_end_ms - heard_exact_ms as i64; // daemon's audio_end_ms error
+//! # let _ = (barge_in_delay_ms, error_ms, heard_ms);
 //! call.stop().await;
 //! assert!(call.violations().is_empty() && fake.violations().is_empty());
 //! # Ok(()) }

@@ -109,9 +109,19 @@ impl Harness {
     }
 
     pub async fn webhook(&self, call_sid: &str, to: &str) -> (u16, String) {
-        testkit::post_webhook(&self.http, PUBLIC, Some(AUTH), &[("CallSid", call_sid), ("From", "+393331234567"), ("To", to), ("AccountSid", "AC00000000000000000000000000000000")])
-            .await
-            .expect("webhook request")
+        testkit::post_webhook(
+            &self.http,
+            PUBLIC,
+            Some(AUTH),
+            &[
+                ("CallSid", call_sid),
+                ("From", "+393331234567"),
+                ("To", to),
+                ("AccountSid", "AC00000000000000000000000000000000"),
+            ],
+        )
+        .await
+        .expect("webhook request")
     }
 
     /// Webhook, then the signed stream it describes.
@@ -121,9 +131,13 @@ impl Harness {
         assert_eq!(status, 200, "{twiml}");
         let stream = testkit::parse_twiml_stream(&twiml).expect("TwiML has a <Stream>");
         let sig = testkit::sign(AUTH, &stream.url, &[]);
-        TwilioCall::connect(&self.ws_url(&stream), Some(sig), StartParams::from_stream(&stream).with_call_sid(&call_sid))
-            .await
-            .expect("stream connects")
+        TwilioCall::connect(
+            &self.ws_url(&stream),
+            Some(sig),
+            StartParams::from_stream(&stream).with_call_sid(&call_sid),
+        )
+        .await
+        .expect("stream connects")
     }
 
     pub async fn next_record(&self, timeout: Duration) -> Option<CallRecord> {

@@ -48,7 +48,10 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&append_audio("/////w==")).unwrap();
         assert_eq!(v, json!({"type":"input_audio_buffer.append","audio":"/////w=="}));
         let v: serde_json::Value = serde_json::from_str(&truncate("item_1", 1840)).unwrap();
-        assert_eq!(v, json!({"type":"conversation.item.truncate","item_id":"item_1","content_index":0,"audio_end_ms":1840}));
+        assert_eq!(
+            v,
+            json!({"type":"conversation.item.truncate","item_id":"item_1","content_index":0,"audio_end_ms":1840})
+        );
         let v: serde_json::Value = serde_json::from_str(&response_create("e1", Some("Say \"hi\""))).unwrap();
         assert_eq!(v["response"]["instructions"], "Say \"hi\"");
         assert_eq!(v["event_id"], "e1");

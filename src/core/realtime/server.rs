@@ -137,22 +137,70 @@ impl Usage {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServerEvent<'a> {
     SessionCreated,
-    SessionUpdated { session: serde_json::Value },
-    SpeechStarted { audio_start_ms: u64, item_id: Option<String> },
-    SpeechStopped { audio_end_ms: u64, item_id: Option<String> },
-    InputCommitted { item_id: Option<String> },
-    InputTranscriptionCompleted { item_id: String, transcript: String },
-    InputTranscriptionFailed { item_id: String, error: ApiError },
-    ResponseCreated { response_id: String },
-    ResponseDone { response_id: String, status: String, reason: Option<String>, usage: Option<Usage> },
-    OutputItemAdded { response_id: Option<String>, item_id: String, item_type: String, role: Option<String> },
+    SessionUpdated {
+        session: serde_json::Value,
+    },
+    SpeechStarted {
+        audio_start_ms: u64,
+        item_id: Option<String>,
+    },
+    SpeechStopped {
+        audio_end_ms: u64,
+        item_id: Option<String>,
+    },
+    InputCommitted {
+        item_id: Option<String>,
+    },
+    InputTranscriptionCompleted {
+        item_id: String,
+        transcript: String,
+    },
+    InputTranscriptionFailed {
+        item_id: String,
+        error: ApiError,
+    },
+    ResponseCreated {
+        response_id: String,
+    },
+    ResponseDone {
+        response_id: String,
+        status: String,
+        reason: Option<String>,
+        usage: Option<Usage>,
+    },
+    OutputItemAdded {
+        response_id: Option<String>,
+        item_id: String,
+        item_type: String,
+        role: Option<String>,
+    },
     /// Agent audio, base64 in the session's output format.
-    AudioDelta { response_id: Option<Cow<'a, str>>, item_id: Cow<'a, str>, delta: Cow<'a, str> },
-    AudioDone { item_id: String },
-    TranscriptDelta { item_id: String, delta: String },
-    TranscriptDone { item_id: String, transcript: String },
-    FunctionCallArgumentsDone { item_id: Option<String>, call_id: String, name: String, arguments: String },
-    ItemTruncated { item_id: String, audio_end_ms: u64 },
+    AudioDelta {
+        response_id: Option<Cow<'a, str>>,
+        item_id: Cow<'a, str>,
+        delta: Cow<'a, str>,
+    },
+    AudioDone {
+        item_id: String,
+    },
+    TranscriptDelta {
+        item_id: String,
+        delta: String,
+    },
+    TranscriptDone {
+        item_id: String,
+        transcript: String,
+    },
+    FunctionCallArgumentsDone {
+        item_id: Option<String>,
+        call_id: String,
+        name: String,
+        arguments: String,
+    },
+    ItemTruncated {
+        item_id: String,
+        audio_end_ms: u64,
+    },
     Error(ApiError),
     /// Any other event type; logged and ignored.
     Other(String),
@@ -182,24 +230,20 @@ impl<'a> ServerEvent<'a> {
                 delta: need(r.delta, "response.output_audio.delta", "delta")?,
             },
             "session.created" => ServerEvent::SessionCreated,
-            "session.updated" => ServerEvent::SessionUpdated {
-                session: need(r.session, "session.updated", "session")?,
-            },
-            "input_audio_buffer.speech_started" => ServerEvent::SpeechStarted {
-                audio_start_ms: r.audio_start_ms.unwrap_or(0),
-                item_id: own(r.item_id),
-            },
-            "input_audio_buffer.speech_stopped" => ServerEvent::SpeechStopped {
-                audio_end_ms: r.audio_end_ms.unwrap_or(0),
-                item_id: own(r.item_id),
-            },
-            "input_audio_buffer.committed" => ServerEvent::InputCommitted { item_id: own(r.item_id) },
-            "conversation.item.input_audio_transcription.completed" => {
-                ServerEvent::InputTranscriptionCompleted {
-                    item_id: need(own(r.item_id), "transcription.completed", "item_id")?,
-                    transcript: r.transcript.unwrap_or_default(),
-                }
+            "session.updated" => {
+                ServerEvent::SessionUpdated { session: need(r.session, "session.updated", "session")? }
             }
+            "input_audio_buffer.speech_started" => {
+                ServerEvent::SpeechStarted { audio_start_ms: r.audio_start_ms.unwrap_or(0), item_id: own(r.item_id) }
+            }
+            "input_audio_buffer.speech_stopped" => {
+                ServerEvent::SpeechStopped { audio_end_ms: r.audio_end_ms.unwrap_or(0), item_id: own(r.item_id) }
+            }
+            "input_audio_buffer.committed" => ServerEvent::InputCommitted { item_id: own(r.item_id) },
+            "conversation.item.input_audio_transcription.completed" => ServerEvent::InputTranscriptionCompleted {
+                item_id: need(own(r.item_id), "transcription.completed", "item_id")?,
+                transcript: r.transcript.unwrap_or_default(),
+            },
             "conversation.item.input_audio_transcription.failed" => ServerEvent::InputTranscriptionFailed {
                 item_id: need(own(r.item_id), "transcription.failed", "item_id")?,
                 error: r.error.unwrap_or_default(),
@@ -233,9 +277,9 @@ impl<'a> ServerEvent<'a> {
                     role: item.role,
                 }
             }
-            "response.output_audio.done" => ServerEvent::AudioDone {
-                item_id: need(own(r.item_id), "response.output_audio.done", "item_id")?,
-            },
+            "response.output_audio.done" => {
+                ServerEvent::AudioDone { item_id: need(own(r.item_id), "response.output_audio.done", "item_id")? }
+            }
             "response.output_audio_transcript.delta" => ServerEvent::TranscriptDelta {
                 item_id: need(own(r.item_id), "output_audio_transcript.delta", "item_id")?,
                 delta: own(r.delta).unwrap_or_default(),
@@ -286,7 +330,8 @@ mod tests {
                 usage: Some(Usage { total_tokens: 200, input_tokens: 150, output_tokens: 50, ..Default::default() }),
             }
         );
-        let ss = r#"{"type":"input_audio_buffer.speech_started","event_id":"e","audio_start_ms":1236,"item_id":"item_U"}"#;
+        let ss =
+            r#"{"type":"input_audio_buffer.speech_started","event_id":"e","audio_start_ms":1236,"item_id":"item_U"}"#;
         assert_eq!(
             ServerEvent::parse(ss).unwrap(),
             ServerEvent::SpeechStarted { audio_start_ms: 1236, item_id: Some("item_U".into()) }
@@ -297,7 +342,10 @@ mod tests {
         let tr = r#"{"type":"conversation.item.input_audio_transcription.completed","event_id":"e","item_id":"item_U","content_index":0,"transcript":"Hi, I'd like to book.","usage":{"type":"duration","seconds":2}}"#;
         assert_eq!(
             ServerEvent::parse(tr).unwrap(),
-            ServerEvent::InputTranscriptionCompleted { item_id: "item_U".into(), transcript: "Hi, I'd like to book.".into() }
+            ServerEvent::InputTranscriptionCompleted {
+                item_id: "item_U".into(),
+                transcript: "Hi, I'd like to book.".into()
+            }
         );
         assert_eq!(
             ServerEvent::parse(r#"{"type":"rate_limits.updated","rate_limits":[]}"#).unwrap(),

@@ -91,7 +91,9 @@ enum Upstream {
 enum Phase {
     Live,
     /// Playing the apology, then hang up (at the latest at the deadline).
-    Apologizing { deadline: Millis },
+    Apologizing {
+        deadline: Millis,
+    },
     Ended,
 }
 

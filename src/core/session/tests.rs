@@ -47,14 +47,19 @@ fn rt(v: Value) -> String {
 }
 
 fn delta(item: &str, resp: &str, bytes: &[u8]) -> String {
-    rt(json!({"type":"response.output_audio.delta","response_id":resp,"item_id":item,"output_index":0,"content_index":0,"delta":B64.encode(bytes)}))
+    rt(
+        json!({"type":"response.output_audio.delta","response_id":resp,"item_id":item,"output_index":0,"content_index":0,"delta":B64.encode(bytes)}),
+    )
 }
 
 /// A ready session whose greeting response is active and has produced `ms` of item_1 audio.
 fn speaking(ms: usize) -> (CallSession, Vec<Output>) {
     let mut s = CallSession::new(params(AudioFormat::Pcmu), 0, true);
     drain(&mut s);
-    s.handle_realtime_text(10, &rt(json!({"type":"response.created","response":{"id":"resp_1","status":"in_progress"}})));
+    s.handle_realtime_text(
+        10,
+        &rt(json!({"type":"response.created","response":{"id":"resp_1","status":"in_progress"}})),
+    );
     s.handle_realtime_text(11, &rt(json!({"type":"response.output_item.added","response_id":"resp_1","item":{"id":"item_1","type":"message","role":"assistant"}})));
     let audio: Vec<u8> = (0..ms * 8).map(|i| (i % 251) as u8).collect();
     s.handle_realtime_text(12, &delta("item_1", "resp_1", &audio));
@@ -71,7 +76,11 @@ fn twilio_payloads(out: &[Output]) -> Vec<Vec<u8>> {
 }
 
 fn mark_names(out: &[Output]) -> Vec<String> {
-    out.iter().map(json_of).filter(|v| v["event"] == "mark").map(|v| v["mark"]["name"].as_str().unwrap().to_owned()).collect()
+    out.iter()
+        .map(json_of)
+        .filter(|v| v["event"] == "mark")
+        .map(|v| v["mark"]["name"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[test]
@@ -146,12 +155,18 @@ fn barge_in_clears_truncates_to_heard_and_cancels() {
         s.handle_twilio_text(50, &mark(m));
     }
     drain(&mut s);
-    s.handle_realtime_text(200, &rt(json!({"type":"input_audio_buffer.speech_started","audio_start_ms":900,"item_id":"item_u1"})));
+    s.handle_realtime_text(
+        200,
+        &rt(json!({"type":"input_audio_buffer.speech_started","audio_start_ms":900,"item_id":"item_u1"})),
+    );
     let out = drain(&mut s);
     let v: Vec<Value> = out.iter().map(json_of).collect();
     assert_eq!(v.len(), 3, "{v:?}");
     assert_eq!(v[0], json!({"event":"clear","streamSid":"MZ1"}));
-    assert_eq!(v[1], json!({"type":"conversation.item.truncate","item_id":"item_1","content_index":0,"audio_end_ms":60}));
+    assert_eq!(
+        v[1],
+        json!({"type":"conversation.item.truncate","item_id":"item_1","content_index":0,"audio_end_ms":60})
+    );
     assert_eq!(v[2], json!({"type":"response.cancel"}));
     // Echoes of cleared marks are ignored: no more audio, heard stays at 60 ms.
     for m in &marks[3..] {
@@ -308,7 +323,14 @@ fn apology_hangs_up_at_the_deadline_without_echoes() {
 fn malformed_input_is_counted_and_ignored() {
     let mut s = CallSession::new(params(AudioFormat::Pcmu), 0, true);
     drain(&mut s);
-    for bad in ["", "nope", "{}", r#"{"event":"media","media":{"payload":"!!!"}}"#, r#"{"event":"weird"}"#, r#"{"event":"dtmf","dtmf":{"digit":"xx"}}"#] {
+    for bad in [
+        "",
+        "nope",
+        "{}",
+        r#"{"event":"media","media":{"payload":"!!!"}}"#,
+        r#"{"event":"weird"}"#,
+        r#"{"event":"dtmf","dtmf":{"digit":"xx"}}"#,
+    ] {
         s.handle_twilio_text(1, bad);
     }
     assert_eq!(s.stats().malformed_in, 6);
@@ -326,17 +348,24 @@ fn transcript_orders_turns_and_records_the_call() {
     drain(&mut s);
     s.handle_realtime_text(10, &rt(json!({"type":"response.created","response":{"id":"r1"}})));
     s.handle_realtime_text(11, &delta("a1", "r1", &[0x11; 160]));
-    s.handle_realtime_text(12, &rt(json!({"type":"response.output_audio_transcript.done","item_id":"a1","transcript":"Buongiorno!"})));
+    s.handle_realtime_text(
+        12,
+        &rt(json!({"type":"response.output_audio_transcript.done","item_id":"a1","transcript":"Buongiorno!"})),
+    );
     let out = drain(&mut s);
     s.handle_twilio_text(40, &mark(&mark_names(&out)[0]));
     s.handle_realtime_text(50, &rt(json!({"type":"response.done","response":{"id":"r1","status":"completed"}})));
-    s.handle_realtime_text(1000, &rt(json!({"type":"input_audio_buffer.speech_started","audio_start_ms":900,"item_id":"u1"})));
+    s.handle_realtime_text(
+        1000,
+        &rt(json!({"type":"input_audio_buffer.speech_started","audio_start_ms":900,"item_id":"u1"})),
+    );
     s.handle_realtime_text(3000, &rt(json!({"type":"conversation.item.input_audio_transcription.completed","item_id":"u1","transcript":" Vorrei prenotare. "})));
     s.handle_twilio_text(4000, r#"{"event":"stop","stop":{"callSid":"CA1"}}"#);
     let out = drain(&mut s);
     assert_eq!(out, vec![Output::CloseRealtime, Output::Hangup]);
     let rec = s.into_record(4000);
-    let turns: Vec<(Speaker, u64, &str)> = rec.transcript.iter().map(|t| (t.speaker, t.start_ms, t.text.as_str())).collect();
+    let turns: Vec<(Speaker, u64, &str)> =
+        rec.transcript.iter().map(|t| (t.speaker, t.start_ms, t.text.as_str())).collect();
     assert_eq!(turns, vec![(Speaker::Agent, 11, "Buongiorno!"), (Speaker::Caller, 1000, "Vorrei prenotare.")]);
     assert_eq!((rec.duration_ms, rec.ended_at_ms), (4000, 1_700_000_004_000));
     assert_eq!(rec.agent_talk_ms, 20);
@@ -355,7 +384,9 @@ fn pcm24k_converts_both_ways() {
     assert_eq!(B64.decode(v["audio"].as_str().unwrap()).unwrap().len(), 960);
     // Outbound: 100 ms of a 24 kHz 440 Hz tone becomes 8 kHz mu-law frames with the tone's level.
     let pcm: Vec<u8> = (0..2400)
-        .flat_map(|n| ((((n as f32) * 2.0 * std::f32::consts::PI * 440.0 / 24000.0).sin() * 8000.0) as i16).to_le_bytes())
+        .flat_map(|n| {
+            ((((n as f32) * 2.0 * std::f32::consts::PI * 440.0 / 24000.0).sin() * 8000.0) as i16).to_le_bytes()
+        })
         .collect();
     s.handle_realtime_text(10, &rt(json!({"type":"response.output_audio.delta","response_id":"r1","item_id":"a1","delta":B64.encode(&pcm[..4799])})));
     s.handle_realtime_text(11, &rt(json!({"type":"response.output_audio.delta","response_id":"r1","item_id":"a1","delta":B64.encode(&pcm[4799..])})));

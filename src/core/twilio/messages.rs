@@ -111,13 +111,26 @@ pub struct Start {
 /// One inbound message, borrowing from the received text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound<'a> {
-    Connected { protocol: Option<String>, version: Option<String> },
+    Connected {
+        protocol: Option<String>,
+        version: Option<String>,
+    },
     Start(Start),
     /// Caller audio: base64 mu-law, not yet decoded.
-    Media { timestamp_ms: Option<u64>, payload: Cow<'a, str>, inbound: bool },
-    Mark { name: Cow<'a, str> },
-    Dtmf { digit: Cow<'a, str> },
-    Stop { call_sid: Option<String> },
+    Media {
+        timestamp_ms: Option<u64>,
+        payload: Cow<'a, str>,
+        inbound: bool,
+    },
+    Mark {
+        name: Cow<'a, str>,
+    },
+    Dtmf {
+        digit: Cow<'a, str>,
+    },
+    Stop {
+        call_sid: Option<String>,
+    },
 }
 
 impl<'a> Inbound<'a> {
@@ -128,8 +141,7 @@ impl<'a> Inbound<'a> {
         match raw.event.as_ref() {
             "media" => {
                 let m = raw.media.ok_or(ParseError::MissingField { event: "media", field: "media" })?;
-                let payload =
-                    m.payload.ok_or(ParseError::MissingField { event: "media", field: "media.payload" })?;
+                let payload = m.payload.ok_or(ParseError::MissingField { event: "media", field: "media.payload" })?;
                 let timestamp_ms = m.timestamp.and_then(|t| t.parse::<u64>().ok());
                 let inbound = m.track.as_deref().is_none_or(|t| t == "inbound" || t == "inbound_track");
                 Ok(Inbound::Media { timestamp_ms, payload, inbound })
@@ -147,8 +159,7 @@ impl<'a> Inbound<'a> {
                     .stream_sid
                     .or(raw.stream_sid.map(Cow::into_owned))
                     .ok_or(ParseError::MissingField { event: "start", field: "start.streamSid" })?;
-                let call_sid =
-                    s.call_sid.ok_or(ParseError::MissingField { event: "start", field: "start.callSid" })?;
+                let call_sid = s.call_sid.ok_or(ParseError::MissingField { event: "start", field: "start.callSid" })?;
                 Ok(Inbound::Start(Start {
                     stream_sid,
                     call_sid,
@@ -243,9 +254,11 @@ mod tests {
         };
         let mark = r#"{"event":"mark","sequenceNumber":"4","streamSid":"MZ1","mark":{"name":"my label"}}"#;
         assert_eq!(Inbound::parse(mark).unwrap(), Inbound::Mark { name: "my label".into() });
-        let dtmf = r#"{"event":"dtmf","streamSid":"MZ1","sequenceNumber":"5","dtmf":{"track":"inbound_track","digit":"1"}}"#;
+        let dtmf =
+            r#"{"event":"dtmf","streamSid":"MZ1","sequenceNumber":"5","dtmf":{"track":"inbound_track","digit":"1"}}"#;
         assert_eq!(Inbound::parse(dtmf).unwrap(), Inbound::Dtmf { digit: "1".into() });
-        let stop = r#"{"event":"stop","sequenceNumber":"5","stop":{"accountSid":"AC1","callSid":"CA1"},"streamSid":"MZ1"}"#;
+        let stop =
+            r#"{"event":"stop","sequenceNumber":"5","stop":{"accountSid":"AC1","callSid":"CA1"},"streamSid":"MZ1"}"#;
         assert_eq!(Inbound::parse(stop).unwrap(), Inbound::Stop { call_sid: Some("CA1".into()) });
         let connected = r#"{"event": "connected", "protocol": "Call", "version": "1.0.0"}"#;
         assert!(matches!(Inbound::parse(connected).unwrap(), Inbound::Connected { .. }));

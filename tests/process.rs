@@ -1,0 +1,212 @@
+//! The real binary as operators run it: signals. SIGTERM drains (new calls get 503, live calls
+//! finish, then the process exits); SIGHUP reloads tenants.toml without dropping live calls and
+//! keeps the old tenants when the new file is bad.
+
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use switchboard::testkit::{self, FakeRealtime, FakeScript};
+
+const T: Duration = Duration::from_secs(15);
+
+struct Proc {
+    child: Child,
+    http: String,
+    log: std::path::PathBuf,
+}
+
+impl Proc {
+    async fn spawn(fake: &FakeRealtime, tenants: &Path, extra: &[(&str, &str)]) -> Proc {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = tenants.with_file_name("daemon.log");
+        let mut env = env_for(&fake.base_url(), tenants, extra);
+        env.insert("SWITCHBOARD_BIND".into(), format!("127.0.0.1:{port}"));
+        env.insert("SWITCHBOARD_LOG_FORMAT".into(), "json".into());
+        let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg("serve")
+            .env_clear()
+            .envs(&env)
+            .current_dir(tenants.parent().unwrap())
+            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("daemon starts");
+        let p = Proc { child, http: format!("http://127.0.0.1:{port}"), log };
+        let deadline = tokio::time::Instant::now() + T;
+        while p.health().await != Some(200) {
+            assert!(tokio::time::Instant::now() < deadline, "daemon never became healthy: {}", p.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        p
+    }
+
+    async fn health(&self) -> Option<u16> {
+        reqwest::get(format!("{}/healthz", self.http)).await.ok().map(|r| r.status().as_u16())
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success();
+        assert!(ok, "kill {sig}");
+    }
+
+    async fn webhook(&self, to: &str) -> (u16, String) {
+        testkit::post_webhook(
+            &self.http,
+            PUBLIC,
+            Some(AUTH),
+            &[("CallSid", &new_call_sid()), ("From", "+393331234567"), ("To", to)],
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn call(&self, to: &str) -> testkit::TwilioCall {
+        let sid = new_call_sid();
+        let (status, twiml) = testkit::post_webhook(
+            &self.http,
+            PUBLIC,
+            Some(AUTH),
+            &[("CallSid", &sid), ("From", "+393331234567"), ("To", to)],
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200, "{twiml}");
+        let stream = testkit::parse_twiml_stream(&twiml).unwrap();
+        let ws = stream.url.replacen("wss://sb.example.test", &self.http.replacen("http://", "ws://", 1), 1);
+        testkit::TwilioCall::connect(
+            &ws,
+            Some(testkit::sign(AUTH, &stream.url, &[])),
+            testkit::StartParams::from_stream(&stream).with_call_sid(&sid),
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "daemon did not exit: {}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log_text(&self) -> String {
+        let mut s = String::new();
+        std::fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut s)).ok();
+        s
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn fake() -> FakeRealtime {
+    FakeRealtime::start(FakeScript { greeting_audio: AGENT_LONG[..8_000].to_vec(), ..script() }).await.unwrap()
+}
+
+#[tokio::test]
+async fn sigterm_refuses_new_calls_and_lets_the_live_one_finish() {
+    let fake = fake().await;
+    let dir = tenants_dir();
+    let mut p = Proc::spawn(&fake, &dir.join("tenants.toml"), &[("SWITCHBOARD_SHUTDOWN_GRACE_SECS", "30")]).await;
+    let mut call = p.call(MARIO).await;
+    call.wait_for(|s| s.played_ms >= 500, T).await.unwrap();
+
+    p.signal("-TERM");
+    let deadline = tokio::time::Instant::now() + T;
+    while p.health().await != Some(503) {
+        assert!(tokio::time::Instant::now() < deadline, "healthz never reported draining");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(p.webhook(MARIO).await.0, 503, "new calls are refused while draining");
+    // The live call still works: caller audio keeps reaching the model.
+    let before = fake.appended_ms(0);
+    let at = call.play(SPEECH_IT);
+    call.wait_for(|s| s.caller_audio_ms >= at + 1_000, T).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(fake.appended_ms(0) >= before + 900, "relay continued during the drain");
+    assert!(p.child.try_wait().unwrap().is_none(), "still running while a call is live");
+
+    call.stop().await;
+    let status = p.wait_exit(T).await;
+    assert!(status.success(), "{status:?}");
+    let log = p.log_text();
+    assert!(log.contains("call record") && log.contains("caller_hangup"), "{log}");
+}
+
+#[tokio::test]
+async fn sigterm_ends_calls_still_live_after_the_grace_period() {
+    let fake = fake().await;
+    let dir = tenants_dir();
+    let mut p = Proc::spawn(&fake, &dir.join("tenants.toml"), &[("SWITCHBOARD_SHUTDOWN_GRACE_SECS", "1")]).await;
+    let call = p.call(MARIO).await;
+    call.wait_for(|s| s.played_ms >= 300, T).await.unwrap();
+    p.signal("-TERM");
+    assert!(call.wait_closed(T).await, "the daemon closes the call after the grace period");
+    assert!(p.wait_exit(T).await.success());
+    let log = p.log_text();
+    assert!(log.contains(r#"\"endReason\":\"shutdown\""#), "{log}");
+}
+
+#[tokio::test]
+async fn sighup_reloads_tenants_keeps_live_calls_and_rejects_a_bad_file() {
+    let fake = fake().await;
+    let dir = tenants_dir();
+    let file = dir.join("tenants.toml");
+    let p = Proc::spawn(&fake, &file, &[]).await;
+    let new_number = "+39099999999";
+    let (_, twiml) = p.webhook(new_number).await;
+    assert!(twiml.contains("<Hangup/>") && !twiml.contains("<Connect>"), "unknown before the reload");
+
+    let call = p.call(MARIO).await;
+    call.wait_for(|s| s.played_ms >= 300, T).await.unwrap();
+
+    let original = std::fs::read_to_string(&file).unwrap();
+    let added =
+        original.replace(&format!("numbers = [\"{MARIO}\"]"), &format!("numbers = [\"{MARIO}\", \"{new_number}\"]"));
+    std::fs::write(&file, added).unwrap();
+    p.signal("-HUP");
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let (_, twiml) = p.webhook(new_number).await;
+        if twiml.contains("<Connect>") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "reload never took effect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A broken file is rejected; the tenants loaded before stay.
+    std::fs::write(&file, "[[tenants]]\nid = \"broken\"\nnot toml at all [[[").unwrap();
+    p.signal("-HUP");
+    let deadline = tokio::time::Instant::now() + T;
+    let metrics_url = format!("{}/metrics", p.http);
+    while metric_value(
+        &reqwest::get(&metrics_url).await.unwrap().text().await.unwrap(),
+        "switchboard_tenant_reload_failures_total",
+    ) == 0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "bad reload not reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(p.webhook(new_number).await.1.contains("<Connect>"));
+    assert!(p.webhook(MARIO).await.1.contains("<Connect>"));
+
+    // The call that was live across both reloads is intact.
+    assert!(!call.is_closed());
+    let played = call.stats().played_ms;
+    call.wait_for(|s| s.played_ms >= played.min(900) + 50 || s.played_ms >= 1_000, T).await.unwrap();
+    assert!(call.violations().is_empty(), "{:?}", call.violations());
+}
