@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use dashmap::DashMap;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -107,6 +108,10 @@ pub async fn start(config: Config, listener: TcpListener, sink: Arc<dyn CallSink
     let server_stop = CancellationToken::new();
     let server = tokio::spawn({
         let stop = server_stop.clone();
+        // Small frames (marks, `clear`) must not wait for Nagle's delayed ACK.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         async move { axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await }
     });
     let done = tokio::spawn({

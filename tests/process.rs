@@ -210,3 +210,70 @@ async fn sighup_reloads_tenants_keeps_live_calls_and_rejects_a_bad_file() {
     call.wait_for(|s| s.played_ms >= played.min(900) + 50 || s.played_ms >= 1_000, T).await.unwrap();
     assert!(call.violations().is_empty(), "{:?}", call.violations());
 }
+
+#[test]
+fn check_reports_tenants_and_fails_on_any_problem() {
+    // Run outside the repo so a developer's .env cannot leak in; point at the shipped file.
+    let cwd = tenants_dir();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("tenants.toml").display().to_string();
+    let run = |envs: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg("check")
+            .env_clear()
+            .env("TENANTS_FILE", &shipped)
+            .envs(envs.iter().copied())
+            .current_dir(&cwd)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let ready = [
+        ("PUBLIC_BASE_URL", "https://voice.example.com"),
+        ("TWILIO_AUTH_TOKEN", "secret-token-value"),
+        ("OPENAI_API_KEY", "sk-secret-value"),
+    ];
+    let (code, out) = run(&ready);
+    assert_eq!(code, Some(0), "{out}");
+    for want in [
+        "trattoria-mario",
+        "+39021111111",
+        "pizzeria-gino",
+        "+39062222222",
+        "ristorante-elegante",
+        "+39063333333",
+        "ava",
+        "wss://voice.example.com/media-stream",
+        "ready to take calls",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    assert!(!out.contains("secret-token-value") && !out.contains("sk-secret-value"), "secrets printed:\n{out}");
+
+    // Missing call settings are problems.
+    let (code, out) = run(&[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("OPENAI_API_KEY is not set"));
+
+    // A broken tenants file is a problem, with every issue listed.
+    let dir = tenants_dir();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[[tenants]]\nid = \"Bad Id\"\nname = \"\"\nnumbers = [\"nope\"]\nlanguage = \"it\"\nvoice = \"robot\"\nprompt_file = \"missing.md\"\ngreeting = \"Ciao\"\nsummary_to = []\napi_keys_sha256 = []\n").unwrap();
+    let bad_path = bad.display().to_string();
+    let (code, out) = run(&[ready[0], ready[1], ready[2], ("TENANTS_FILE", bad_path.as_str())]);
+    assert_eq!(code, Some(1), "{out}");
+    for want in ["Bad Id", "nope", "robot", "missing.md"] {
+        assert!(out.contains(want), "problem with {want:?} not reported:\n{out}");
+    }
+
+    // Invalid configuration values are all reported, exit 2.
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("check")
+        .env_clear()
+        .envs([("SWITCHBOARD_BIND", "nope"), ("OPENAI_BASE_URL", "ftp://x")])
+        .current_dir(&cwd)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err.contains("SWITCHBOARD_BIND") && err.contains("OPENAI_BASE_URL"), "{err}");
+}

@@ -173,6 +173,10 @@ fn admit(rt: &CallRuntime, start: &Start) -> Option<Arc<Tenant>> {
             return None;
         }
     }
+    if rt.live.contains_key(&start.call_sid) {
+        warn!(call_sid = %start.call_sid, "a stream for this call is already live; refused");
+        return None;
+    }
     let tenant = dir.by_id(tenant_id).or_else(|| params.get("to").and_then(|to| dir.resolve(to)));
     if tenant.is_none() {
         warn!(call_sid = %start.call_sid, tenant = %tenant_id, "stream for an unknown tenant; refused");
@@ -275,13 +279,15 @@ async fn run_call(
                 Some(Ok(TwMessage::Close(_))) | None => session.on_twilio_closed(now(), EndReason::StreamClosed),
                 Some(Err(e)) => {
                     let detail = e.to_string();
-                    if detail.contains("too long") || detail.contains("Space limit") || detail.contains("size") {
+                    // tungstenite reports "Space limit exceeded: Message too long: N > MAX".
+                    if detail.contains("too long") || detail.contains("Space limit") {
                         rt.metrics.oversized_messages.fetch_add(1, Relaxed);
                         warn!(error = %detail, "oversized message; closing this stream");
+                        session.on_protocol_error(now(), &detail);
                     } else {
                         debug!(error = %detail, "twilio socket error");
+                        session.on_twilio_closed(now(), EndReason::StreamClosed);
                     }
-                    session.on_protocol_error(now(), &detail);
                 }
             },
             msg = next_rt(&mut rt_rx), if rt_rx.is_some() => match msg {
