@@ -485,16 +485,7 @@ impl CallSession {
             return;
         }
         self.stats.dtmf_digits += 1;
-        self.caller_turns.push(TranscriptTurn {
-            speaker: Speaker::Caller,
-            start_ms: now - self.start,
-            text: format!("[pressed {digit}]"),
-            item_id: None,
-            interrupted: false,
-            heard_ms: None,
-            generated_ms: None,
-            generated_text: None,
-        });
+        self.caller_turns.push(caller_turn(now - self.start, format!("[pressed {digit}]"), None));
         if self.upstream == Upstream::Ready && self.phase == Phase::Live {
             let text = format!("(The caller pressed the key {digit} on their phone keypad.)");
             self.out.push_back(Output::Realtime(client::user_text_item(&text)));
@@ -607,16 +598,7 @@ impl CallSession {
 
     fn push_caller_turn(&mut self, now: Millis, item_id: String, text: String) {
         let start_ms = self.caller_item_start.remove(&item_id).unwrap_or(now - self.start);
-        self.caller_turns.push(TranscriptTurn {
-            speaker: Speaker::Caller,
-            start_ms,
-            text,
-            item_id: Some(item_id),
-            interrupted: false,
-            heard_ms: None,
-            generated_ms: None,
-            generated_text: None,
-        });
+        self.caller_turns.push(caller_turn(start_ms, text, Some(item_id)));
     }
 
     fn item_for(&mut self, now: Millis, item_id: &str, response_id: Option<&str>) -> usize {
@@ -882,6 +864,19 @@ impl CallSession {
             usage: self.usage,
             stats: self.stats,
         }
+    }
+}
+
+fn caller_turn(start_ms: u64, text: String, item_id: Option<String>) -> TranscriptTurn {
+    TranscriptTurn {
+        speaker: Speaker::Caller,
+        start_ms,
+        text,
+        item_id,
+        interrupted: false,
+        heard_ms: None,
+        generated_ms: None,
+        generated_text: None,
     }
 }
 
