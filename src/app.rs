@@ -101,6 +101,8 @@ pub async fn start(config: Config, listener: TcpListener, sink: Arc<dyn CallSink
         calls_cancel,
         tracker,
         draining: Default::default(),
+        streams: Default::default(),
+        streamed: DashMap::new(),
     });
     let addr = listener.local_addr()?;
     let router = crate::http::router(Arc::clone(&runtime));
@@ -134,9 +136,14 @@ pub async fn start(config: Config, listener: TcpListener, sink: Arc<dyn CallSink
 async fn drain_and_stop(rt: &CallRuntime) {
     rt.draining.store(true, Relaxed);
     let grace = rt.config.shutdown_grace;
-    info!(live_calls = rt.live.len(), grace_secs = grace.as_secs(), "draining: refusing new calls");
+    info!(
+        live_calls = rt.live.len(),
+        streams = rt.streams.load(Relaxed),
+        grace_secs = grace.as_secs(),
+        "draining: refusing new calls"
+    );
     let finished = tokio::time::timeout(grace, async {
-        while !rt.live.is_empty() {
+        while rt.streams.load(Relaxed) > 0 || !rt.live.is_empty() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })

@@ -417,3 +417,23 @@ async fn health_public_url_and_metrics() {
     assert!(h.metric("switchboard_frames_in_total").await > 0);
     assert_eq!(h.metric("switchboard_calls_ended_total").await, 1);
 }
+
+#[tokio::test]
+async fn a_stream_token_cannot_be_replayed_after_its_call() {
+    let h = Harness::start(FakeScript { greeting_audio: AGENT_LONG[..1_600].to_vec(), ..script() }).await;
+    let sid = new_call_sid();
+    let (_, twiml) = h.webhook(&sid, MARIO).await;
+    let stream = testkit::parse_twiml_stream(&twiml).unwrap();
+    assert!(stream.parameter("issued").is_some() && stream.parameter("token").is_some());
+    let sig = testkit::sign(AUTH, &stream.url, &[]);
+    let start = StartParams::from_stream(&stream).with_call_sid(&sid);
+    let mut first = TwilioCall::connect(&h.ws_url(&stream), Some(sig.clone()), start.clone()).await.unwrap();
+    first.wait_for(|s| s.played_ms >= 100, T).await.unwrap();
+    first.stop().await;
+    h.next_record(T).await.expect("the real call is recorded");
+    // The same signed upgrade and the same start again: refused, no second call.
+    let replay = TwilioCall::connect(&h.ws_url(&stream), Some(sig), start).await.unwrap();
+    assert!(replay.wait_closed(T).await);
+    assert_eq!(replay.close_frame().map(|f| f.0), Some(1008));
+    assert!(h.next_record(Duration::from_millis(300)).await.is_none());
+}

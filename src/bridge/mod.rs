@@ -6,7 +6,7 @@ pub mod prewarm;
 pub mod sink;
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,7 +24,7 @@ use crate::core::domain::call::{CallStats, EndReason};
 use crate::core::domain::tenant::{Tenant, TenantDirectory};
 use crate::core::realtime::session_config::SessionSpec;
 use crate::core::session::{CallSession, Millis, Notice, Output, SessionParams};
-use crate::core::twilio::binding::{TOKEN_PARAM, verify_stream_token};
+use crate::core::twilio::binding::{ISSUED_PARAM, MAX_AGE_SECS, TOKEN_PARAM, verify_stream_token};
 use crate::core::twilio::messages::{Inbound, Start};
 use crate::metrics::Metrics;
 use crate::openai::realtime::{self, RealtimeConn, RealtimeError, RealtimeSettings, RealtimeSocket};
@@ -68,8 +68,32 @@ pub struct CallRuntime {
     pub calls_cancel: CancellationToken,
     /// Every call and pre-warm task.
     pub tracker: TaskTracker,
-    /// Set on SIGTERM: new webhooks and streams get 503.
+    /// Set on SIGTERM: new webhooks get 503 (streams of calls already answered still connect).
     pub draining: AtomicBool,
+    /// Media streams from upgrade to end (some may not have sent `start` yet).
+    pub streams: AtomicUsize,
+    /// CallSids that have streamed (Unix s): one stream per call, no token replay.
+    pub streamed: DashMap<String, u64>,
+}
+
+/// Counts a media stream from its upgrade until it ends; keeps shutdown waiting for it.
+#[derive(Debug)]
+pub struct StreamGuard {
+    rt: Arc<CallRuntime>,
+    _task: tokio_util::task::task_tracker::TaskTrackerToken,
+}
+
+impl StreamGuard {
+    pub fn new(rt: &Arc<CallRuntime>) -> Self {
+        rt.streams.fetch_add(1, Relaxed);
+        Self { rt: Arc::clone(rt), _task: rt.tracker.token() }
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.rt.streams.fetch_sub(1, Relaxed);
+    }
 }
 
 impl std::fmt::Debug for CallRuntime {
@@ -160,28 +184,40 @@ async fn wait_for_start(rt: &CallRuntime, rx: &mut TwRx) -> Option<Start> {
     None
 }
 
-/// Checks the stream's binding token and finds its tenant.
+/// Checks the stream's binding token, claims its CallSid (one stream per call, so a captured
+/// token cannot be replayed) and finds its tenant.
 fn admit(rt: &CallRuntime, start: &Start) -> Option<Arc<Tenant>> {
     let params = &start.custom_parameters;
     let dir = rt.tenants.current();
     let tenant_id = params.get("tenant").map(String::as_str).unwrap_or_default();
+    let now_s = unix_ms() / 1000;
     if rt.config.verify_signatures() {
         let token = params.get(TOKEN_PARAM).map(String::as_str).unwrap_or_default();
+        let issued = params.get(ISSUED_PARAM).map(String::as_str).unwrap_or_default();
         let auth = rt.config.twilio_auth_token.as_ref()?;
-        if !verify_stream_token(auth.expose(), &start.call_sid, tenant_id, token) {
-            warn!(call_sid = %start.call_sid, "stream token does not match its call; refused");
+        if let Err(e) = verify_stream_token(auth.expose(), &start.call_sid, tenant_id, issued, token, now_s) {
+            warn!(call_sid = %start.call_sid, reason = %e, "stream not bound to its call; refused");
             return None;
         }
     }
-    if rt.live.contains_key(&start.call_sid) {
-        warn!(call_sid = %start.call_sid, "a stream for this call is already live; refused");
-        return None;
-    }
     let tenant = dir.by_id(tenant_id).or_else(|| params.get("to").and_then(|to| dir.resolve(to)));
-    if tenant.is_none() {
+    let Some(tenant) = tenant else {
         warn!(call_sid = %start.call_sid, tenant = %tenant_id, "stream for an unknown tenant; refused");
+        return None;
+    };
+    if rt.streamed.len() > 4096 {
+        rt.streamed.retain(|_, at| now_s.saturating_sub(*at) <= 2 * MAX_AGE_SECS);
     }
-    tenant
+    match rt.streamed.entry(start.call_sid.clone()) {
+        dashmap::Entry::Occupied(_) => {
+            warn!(call_sid = %start.call_sid, "this call already streamed; refused");
+            None
+        }
+        dashmap::Entry::Vacant(v) => {
+            v.insert(now_s);
+            Some(tenant)
+        }
+    }
 }
 
 async fn run_call(
@@ -217,11 +253,17 @@ async fn run_call(
             let t_conn = Instant::now();
             let metrics = Arc::clone(&rt.metrics);
             connecting = Some(Box::pin(async move {
-                if let Some(r) = prewarm.claim(&sid).await {
-                    if r.is_ok() {
-                        return r;
-                    }
-                    debug!("pre-warmed session failed; opening a fresh one");
+                match prewarm.claim(&sid, &spec).await {
+                    Some(Ok(conn)) => return Ok(conn),
+                    // It already used the whole budget: the caller must not wait twice.
+                    Some(Err(e @ RealtimeError::Timeout(_))) => return Err(e),
+                    Some(Err(e)) => debug!(error = %e, "pre-warmed session failed; opening a fresh one"),
+                    None => {}
+                }
+                let mut settings = settings;
+                settings.timeout = settings.timeout.saturating_sub(t_conn.elapsed());
+                if settings.timeout.is_zero() {
+                    return Err(RealtimeError::Timeout(t_conn.elapsed()));
                 }
                 let r = realtime::open(&settings, &spec).await;
                 if r.is_ok() {
@@ -261,6 +303,9 @@ async fn run_call(
     }
 
     // 3. The loop.
+    let mut last_twilio = Instant::now();
+    let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let deadline = session.poll_timeout().map(|ms| tokio::time::Instant::from_std(t0 + Duration::from_millis(ms)));
         tokio::select! {
@@ -269,7 +314,7 @@ async fn run_call(
                 shutdown_seen = true;
                 session.on_shutdown(now());
             }
-            msg = tw_rx.next() => match msg {
+            msg = tw_rx.next() => { last_twilio = Instant::now(); match msg {
                 Some(Ok(TwMessage::Text(t))) => session.handle_twilio_text(now(), &t),
                 Some(Ok(TwMessage::Binary(_))) => {
                     // Twilio only sends text; count and ignore.
@@ -289,7 +334,7 @@ async fn run_call(
                         session.on_twilio_closed(now(), EndReason::StreamClosed);
                     }
                 }
-            },
+            }},
             msg = next_rt(&mut rt_rx), if rt_rx.is_some() => match msg {
                 Some(Ok(RtMessage::Text(t))) => session.handle_realtime_text(now(), &t),
                 Some(Ok(RtMessage::Close(frame))) => {
@@ -330,6 +375,14 @@ async fn run_call(
                 }
             }
             _ = sleep_until_opt(deadline), if deadline.is_some() => session.handle_timeout(now()),
+            _ = watchdog.tick() => {
+                // Twilio streams a frame every 20 ms, silence included: a quiet socket is dead
+                // (half-open TCP), and the call must not hold an upstream session for an hour.
+                if last_twilio.elapsed() >= TWILIO_IDLE {
+                    warn!(idle_ms = last_twilio.elapsed().as_millis() as u64, "no message from Twilio; ending the call");
+                    session.on_twilio_closed(now(), EndReason::StreamClosed);
+                }
+            }
         }
 
         // Drain outputs: feed everything, then one flush per socket.
@@ -339,14 +392,14 @@ async fn run_call(
         while let Some(out) = session.poll_output() {
             match out {
                 Output::Twilio(s) => {
-                    if tw_tx.feed(TwMessage::Text(s.into())).await.is_err() {
+                    if !within(tw_tx.feed(TwMessage::Text(s.into()))).await {
                         session.on_twilio_closed(now(), EndReason::StreamClosed);
                     }
                     tw_dirty = true;
                 }
                 Output::Realtime(s) => {
                     if let Some(tx) = rt_tx.as_mut()
-                        && tx.feed(RtMessage::text(s)).await.is_err()
+                        && !within(tx.feed(RtMessage::text(s))).await
                     {
                         rt_tx = None;
                         rt_rx = None;
@@ -358,18 +411,18 @@ async fn run_call(
                     connecting = None;
                     rt_rx = None;
                     if let Some(mut tx) = rt_tx.take() {
-                        let _ = tx.close().await;
+                        within(tx.close()).await;
                     }
                 }
                 Output::Hangup => hangup = true,
             }
         }
-        if tw_dirty && tw_tx.flush().await.is_err() {
+        if tw_dirty && !within(tw_tx.flush()).await {
             session.on_twilio_closed(now(), EndReason::StreamClosed);
         }
         if rt_dirty
             && let Some(tx) = rt_tx.as_mut()
-            && tx.flush().await.is_err()
+            && !within(tx.flush()).await
         {
             rt_tx = None;
             rt_rx = None;
@@ -383,9 +436,9 @@ async fn run_call(
     }
 
     // 4. Close and record, exactly once.
-    let _ = tw_tx.close().await;
+    within(tw_tx.close()).await;
     if let Some(mut tx) = rt_tx.take() {
-        let _ = tx.close().await;
+        within(tx.close()).await;
     }
     let record = session.into_record(now());
     rt.metrics.sync_call(&mut last_stats, &record.stats);
@@ -429,6 +482,16 @@ fn handle_notices(rt: &CallRuntime, session: &mut CallSession) {
             }
         }
     }
+}
+
+/// A peer that stops reading must not stall the call's owner task.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// No message from Twilio for this long means the stream is dead.
+const TWILIO_IDLE: Duration = Duration::from_secs(10);
+
+/// Runs a socket write with [`WRITE_TIMEOUT`]; false if it failed or timed out.
+async fn within<E>(fut: impl std::future::Future<Output = Result<(), E>>) -> bool {
+    matches!(tokio::time::timeout(WRITE_TIMEOUT, fut).await, Ok(Ok(())))
 }
 
 async fn next_rt(rx: &mut Option<RtRx>) -> Option<Result<RtMessage, tokio_tungstenite::tungstenite::Error>> {

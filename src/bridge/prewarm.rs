@@ -21,12 +21,21 @@ use crate::openai::realtime::{self, RealtimeConn, RealtimeError, RealtimeSetting
 
 type Reply = oneshot::Sender<Result<RealtimeConn, RealtimeError>>;
 
+/// A pending pre-warm: how to claim it, what it was configured with, and which task owns it.
+#[derive(Debug)]
+struct Slot {
+    claim: oneshot::Sender<Reply>,
+    spec: SessionSpec,
+    id: u64,
+}
+
 /// Upper bound on sessions held open at once, against webhook floods.
 const MAX_PREWARMED: usize = 10_000;
 
 #[derive(Debug)]
 pub struct Prewarmer {
-    slots: DashMap<String, oneshot::Sender<Reply>>,
+    slots: DashMap<String, Slot>,
+    next_id: std::sync::atomic::AtomicU64,
     ttl: Duration,
     tracker: TaskTracker,
     cancel: CancellationToken,
@@ -35,7 +44,7 @@ pub struct Prewarmer {
 
 impl Prewarmer {
     pub fn new(ttl: Duration, tracker: TaskTracker, cancel: CancellationToken, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Self { slots: DashMap::new(), ttl, tracker, cancel, metrics })
+        Arc::new(Self { slots: DashMap::new(), next_id: Default::default(), ttl, tracker, cancel, metrics })
     }
 
     pub fn pending(&self) -> usize {
@@ -48,17 +57,19 @@ impl Prewarmer {
             return;
         }
         let (claim_tx, claim_rx) = oneshot::channel::<Reply>();
-        self.slots.insert(call_sid.to_owned(), claim_tx);
+        let id = self.next_id.fetch_add(1, Relaxed);
+        self.slots.insert(call_sid.to_owned(), Slot { claim: claim_tx, spec: spec.clone(), id });
         self.metrics.prewarm_started.fetch_add(1, Relaxed);
         let this = Arc::clone(self);
         let sid = call_sid.to_owned();
         let span = info_span!("prewarm", call_sid = %sid);
-        self.tracker.spawn(async move { this.hold(sid, settings, spec, claim_rx).await }.instrument(span));
+        self.tracker.spawn(async move { this.hold(sid, id, settings, spec, claim_rx).await }.instrument(span));
     }
 
     async fn hold(
         self: Arc<Self>,
         sid: String,
+        id: u64,
         settings: RealtimeSettings,
         spec: SessionSpec,
         mut claim_rx: oneshot::Receiver<Reply>,
@@ -77,14 +88,14 @@ impl Prewarmer {
         let reply = tokio::select! {
             r = &mut claim_rx => r.ok(),
             _ = tokio::time::sleep_until(deadline) => {
-                if self.slots.remove(&sid).is_some() {
+                if self.slots.remove_if(&sid, |_, slot| slot.id == id).is_some() {
                     None // expired unclaimed
                 } else {
                     // A claim took the slot just now: it is on its way.
                     claim_rx.await.ok()
                 }
             }
-            _ = self.cancel.cancelled() => { self.slots.remove(&sid); None }
+            _ = self.cancel.cancelled() => { self.slots.remove_if(&sid, |_, slot| slot.id == id); None }
         };
         match reply {
             Some(reply) => {
@@ -105,10 +116,16 @@ impl Prewarmer {
 
     /// Takes the pre-warmed session for `call_sid`, waiting for it to finish opening. `None`
     /// if there is none (another instance answered the webhook, or it expired).
-    pub async fn claim(&self, call_sid: &str) -> Option<Result<RealtimeConn, RealtimeError>> {
-        let (_, claim_tx) = self.slots.remove(call_sid)?;
+    /// A session configured differently from `spec` (the tenant changed on reload since the
+    /// webhook) is discarded rather than used.
+    pub async fn claim(&self, call_sid: &str, spec: &SessionSpec) -> Option<Result<RealtimeConn, RealtimeError>> {
+        let (_, slot) = self.slots.remove(call_sid)?;
+        if slot.spec != *spec {
+            debug!("pre-warmed session was configured for an older tenant definition; discarding");
+            return None; // dropping the claim sender makes the holder close it
+        }
         let (reply_tx, reply_rx) = oneshot::channel();
-        claim_tx.send(reply_tx).ok()?;
+        slot.claim.send(reply_tx).ok()?;
         reply_rx.await.ok()
     }
 }

@@ -14,7 +14,7 @@ use axum::routing::get;
 use tracing::{info, warn};
 
 use crate::bridge::CallRuntime;
-use crate::core::twilio::binding::{TOKEN_PARAM, stream_token};
+use crate::core::twilio::binding::{ISSUED_PARAM, TOKEN_PARAM, stream_token};
 use crate::core::twilio::{signature, twiml};
 use crate::http::error::ApiError;
 
@@ -105,12 +105,14 @@ async fn webhook(
     };
     let stream_url =
         rt.config.stream_url().ok_or_else(|| ApiError::unavailable("not_configured", "PUBLIC_BASE_URL is not set"))?;
+    let issued = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let token = rt
         .config
         .twilio_auth_token
         .as_ref()
-        .map(|t| stream_token(t.expose(), call_sid, &tenant.id))
+        .map(|t| stream_token(t.expose(), call_sid, &tenant.id, issued))
         .unwrap_or_default();
+    let issued = issued.to_string();
     let answer = twiml::connect_stream(
         &stream_url,
         &[
@@ -118,6 +120,7 @@ async fn webhook(
             ("from", from),
             ("to", to),
             ("call_sid", call_sid),
+            (ISSUED_PARAM, issued.as_str()),
             (TOKEN_PARAM, token.as_str()),
         ],
     );

@@ -16,6 +16,9 @@ pub struct SessionSpec {
     pub threshold: f32,
     pub prefix_padding_ms: u32,
     pub silence_duration_ms: u32,
+    /// Let the server cancel a response when the caller starts talking: only when the tenant
+    /// allows barge-in, otherwise the model would drop a turn the caller keeps hearing.
+    pub interrupt_response: bool,
 }
 
 impl SessionSpec {
@@ -29,6 +32,7 @@ impl SessionSpec {
             threshold: t.turn_detection.threshold,
             prefix_padding_ms: t.turn_detection.prefix_padding_ms,
             silence_duration_ms: t.turn_detection.silence_duration_ms,
+            interrupt_response: t.barge_in.enabled,
         }
     }
 
@@ -62,7 +66,7 @@ impl SessionSpec {
                             "silence_duration_ms": self.silence_duration_ms,
                             "idle_timeout_ms": null,
                             "create_response": true,
-                            "interrupt_response": true
+                            "interrupt_response": self.interrupt_response
                         }
                     },
                     "output": {"format": self.format_json(), "voice": self.voice, "speed": 1.0}
@@ -128,6 +132,7 @@ mod tests {
             threshold: 0.5,
             prefix_padding_ms: 300,
             silence_duration_ms: 500,
+            interrupt_response: true,
         }
     }
 

@@ -76,7 +76,9 @@ impl AgentItem {
         if full.is_empty() && self.heard_bytes == 0 {
             return None;
         }
-        let (text, generated_text) = if self.interrupted {
+        // 40 ms of slack: the pcm24k resampler and the last partial frame shift the counts.
+        let partly_heard = self.kind == ItemKind::Agent && self.heard_ms() + 40 < self.generated_ms();
+        let (text, generated_text) = if self.interrupted || partly_heard {
             (heard_text(full, self.heard_ms(), self.generated_ms()), Some(full.to_owned()))
         } else {
             (full.to_owned(), None)

@@ -308,7 +308,8 @@ impl CallSession {
         self.create_queue.clear();
         self.create_in_flight = None;
         let idx = self.items.len();
-        let mut item = AgentItem::new("switchboard-apology".into(), None, ItemKind::Apology, now - self.start);
+        let mut item =
+            AgentItem::new("switchboard-apology".into(), None, ItemKind::Apology, now.saturating_sub(self.start));
         item.generated_bytes = self.p.apology.len() as u64;
         item.generation_done = true;
         self.items.push(item);
@@ -485,7 +486,7 @@ impl CallSession {
             return;
         }
         self.stats.dtmf_digits += 1;
-        self.caller_turns.push(caller_turn(now - self.start, format!("[pressed {digit}]"), None));
+        self.caller_turns.push(caller_turn(now.saturating_sub(self.start), format!("[pressed {digit}]"), None));
         if self.upstream == Upstream::Ready && self.phase == Phase::Live {
             let text = format!("(The caller pressed the key {digit} on their phone keypad.)");
             self.out.push_back(Output::Realtime(client::user_text_item(&text)));
@@ -514,7 +515,7 @@ impl CallSession {
             }
             ServerEvent::SpeechStarted { item_id, .. } => {
                 if let Some(id) = item_id {
-                    self.caller_item_start.insert(id, now - self.start);
+                    self.caller_item_start.insert(id, now.saturating_sub(self.start));
                 }
                 self.barge_in(now, BargeInSource::ServerVad);
             }
@@ -567,17 +568,20 @@ impl CallSession {
                 }
             }
             ServerEvent::Error(err) => {
-                if err.code.as_deref() == Some("conversation_already_has_active_response") {
-                    let ours = match (err.event_id.as_deref(), &self.last_create) {
-                        (Some(e), Some((id, _))) => e == id,
-                        (None, Some(_)) => self.create_in_flight.is_some(),
-                        _ => false,
-                    };
-                    if ours && let Some(c) = self.last_create.take() {
+                let busy = err.code.as_deref() == Some("conversation_already_has_active_response");
+                let ours = match (err.event_id.as_deref(), &self.last_create) {
+                    (Some(e), Some((id, _))) => e == id,
+                    (None, Some(_)) => busy && self.create_in_flight.is_some(),
+                    _ => false,
+                };
+                if ours && let Some(c) = self.last_create.take() {
+                    self.create_in_flight = None;
+                    if busy {
                         // The server started a response of its own first: ours waits its turn.
-                        self.create_in_flight = None;
                         self.create_queue.push_front(c);
                     }
+                    // Any other refusal drops that request; the queue must keep moving.
+                    self.next_response();
                 }
                 let fatal = err.is_fatal();
                 self.notices.push(Notice::UpstreamError { code: err.code.clone(), message: err.message.clone() });
@@ -597,7 +601,7 @@ impl CallSession {
     }
 
     fn push_caller_turn(&mut self, now: Millis, item_id: String, text: String) {
-        let start_ms = self.caller_item_start.remove(&item_id).unwrap_or(now - self.start);
+        let start_ms = self.caller_item_start.remove(&item_id).unwrap_or(now.saturating_sub(self.start));
         self.caller_turns.push(caller_turn(start_ms, text, Some(item_id)));
     }
 
@@ -610,7 +614,7 @@ impl CallSession {
             item_id.to_owned(),
             response_id.map(str::to_owned),
             ItemKind::Agent,
-            now - self.start,
+            now.saturating_sub(self.start),
         ));
         self.item_index.insert(item_id.to_owned(), i);
         i
@@ -720,9 +724,9 @@ impl CallSession {
             let item = &mut self.items[tag];
             item.sent_bytes += n;
             if item.first_sent_ms.is_none() {
-                item.first_sent_ms = Some(now - self.start);
+                item.first_sent_ms = Some(now.saturating_sub(self.start));
                 if self.stats.first_audio_ms.is_none() && item.kind == ItemKind::Agent {
-                    self.stats.first_audio_ms = Some(now - self.start);
+                    self.stats.first_audio_ms = Some(now.saturating_sub(self.start));
                 }
             }
             let name = self.outstanding.push(tag, item.sent_bytes, n);
@@ -740,6 +744,11 @@ impl CallSession {
         self.out.push_back(Output::Twilio(self.writer.clear()));
         self.outstanding.clear_generation();
         self.held.clear();
+        // In pcm24k mode the downsampler still holds the cut audio's tail.
+        if let Some(d) = self.down.as_mut() {
+            d.reset();
+        }
+        self.down_carry = None;
     }
 
     /// The caller talks over the agent: `clear`, truncate to what was heard, cancel.
@@ -757,6 +766,16 @@ impl CallSession {
             .map(|(n, _)| n)
             .collect();
         self.clear_playback();
+        // The active response is abandoned too, even if none of its audio has arrived yet:
+        // its late deltas must not play over the caller.
+        if let Some(r) = &self.response_active {
+            self.cut_responses.insert(r.clone());
+        }
+        for item in
+            self.items.iter_mut().filter(|i| i.kind == ItemKind::Agent && !i.generation_done && i.generated_bytes == 0)
+        {
+            item.cut = true;
+        }
         for idx in pending {
             let item = &mut self.items[idx];
             item.cut = true;
@@ -772,12 +791,15 @@ impl CallSession {
                 first_end.get_or_insert(end);
             }
         }
-        if self.response_active.is_some() && !self.cancel_sent {
+        // The server cancels on its own `speech_started` (interrupt_response): no second cancel.
+        if self.response_active.is_some() && !self.cancel_sent && source == BargeInSource::LocalVad {
             self.cancel_sent = true;
             self.out.push_back(Output::Realtime(client::response_cancel()));
+        } else if source == BargeInSource::ServerVad {
+            self.cancel_sent = true;
         }
         self.interruptions += 1;
-        let latency_ms = now - self.speech_onset.unwrap_or(now);
+        let latency_ms = now.saturating_sub(self.speech_onset.unwrap_or(now));
         self.stats.barge_in_max_ms = Some(self.stats.barge_in_max_ms.unwrap_or(0).max(latency_ms));
         self.notices.push(Notice::BargeIn { source, latency_ms, audio_end_ms: first_end });
     }

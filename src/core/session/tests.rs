@@ -147,7 +147,7 @@ fn agent_audio_is_framed_marked_and_paced_by_echoes() {
 }
 
 #[test]
-fn barge_in_clears_truncates_to_heard_and_cancels() {
+fn server_barge_in_clears_and_truncates_to_what_was_heard() {
     let (mut s, out) = speaking(1000);
     let marks = mark_names(&out);
     // Marks 1-3 echoed: 60 ms heard; 4 outstanding frames more were queued by pacing.
@@ -161,13 +161,13 @@ fn barge_in_clears_truncates_to_heard_and_cancels() {
     );
     let out = drain(&mut s);
     let v: Vec<Value> = out.iter().map(json_of).collect();
-    assert_eq!(v.len(), 3, "{v:?}");
+    // The server cancelled the response itself (interrupt_response): clear + truncate only.
+    assert_eq!(v.len(), 2, "{v:?}");
     assert_eq!(v[0], json!({"event":"clear","streamSid":"MZ1"}));
     assert_eq!(
         v[1],
         json!({"type":"conversation.item.truncate","item_id":"item_1","content_index":0,"audio_end_ms":60})
     );
-    assert_eq!(v[2], json!({"type":"response.cancel"}));
     // Echoes of cleared marks are ignored: no more audio, heard stays at 60 ms.
     for m in &marks[3..] {
         s.handle_twilio_text(210, &mark(m));
@@ -228,8 +228,16 @@ fn local_vad_barges_in_on_real_speech_after_min_speech() {
         s.handle_twilio_text(now, &media(f, now));
         let out = drain(&mut s);
         if out.iter().map(json_of).any(|v| v["event"] == "clear") {
-            let v: Vec<Value> = out.iter().map(json_of).filter(|v| v["type"] == "conversation.item.truncate").collect();
+            let v: Vec<Value> = out
+                .iter()
+                .map(json_of)
+                .filter(|v| v["type"].is_string() && v["type"] != "input_audio_buffer.append")
+                .collect();
+            assert_eq!(v[0]["type"], "conversation.item.truncate");
             assert_eq!(v[0]["audio_end_ms"], 100);
+            // Our own VAD cut the agent: the active response is cancelled, once.
+            assert_eq!(v[1], json!({"type":"response.cancel"}));
+            assert_eq!(v.len(), 2);
             clear_at = Some(now);
             break;
         }
@@ -398,4 +406,53 @@ fn pcm24k_converts_both_ways() {
     mulaw::decode_into(&bytes[160..720], &mut decoded);
     let rms = (decoded.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>() / decoded.len() as f64).sqrt();
     assert!((4500.0..6800.0).contains(&rms), "tone level kept (8000/sqrt2 ≈ 5657), got {rms}");
+}
+
+#[test]
+fn a_refused_response_create_does_not_block_the_queue() {
+    let mut s = CallSession::new(params(AudioFormat::Pcmu), 0, true);
+    let greet = drain(&mut s);
+    let id = json_of(&greet[0])["event_id"].as_str().unwrap().to_owned();
+    s.handle_realtime_text(5, &rt(json!({"type":"error","error":{"type":"server_error","code":"server_error","message":"boom","event_id":id}})));
+    drain(&mut s);
+    // A later request goes out at once instead of waiting forever behind the refused one.
+    s.handle_twilio_text(10, r#"{"event":"dtmf","streamSid":"MZ1","dtmf":{"digit":"5"}}"#);
+    let kinds: Vec<Value> = drain(&mut s).iter().map(json_of).map(|v| v["type"].clone()).collect();
+    assert_eq!(kinds, vec![json!("conversation.item.create"), json!("response.create")]);
+}
+
+#[test]
+fn barge_in_also_cuts_an_active_response_that_has_no_audio_yet() {
+    let (mut s, out) = speaking(400);
+    // item_1 is fully generated but still playing; a second response starts, silent so far.
+    s.handle_realtime_text(20, &rt(json!({"type":"response.output_audio.done","item_id":"item_1"})));
+    s.handle_realtime_text(21, &rt(json!({"type":"response.done","response":{"id":"resp_1","status":"completed"}})));
+    s.handle_realtime_text(22, &rt(json!({"type":"response.created","response":{"id":"resp_2"}})));
+    drain(&mut s);
+    s.handle_twilio_text(30, &mark(&mark_names(&out)[0]));
+    drain(&mut s);
+    s.handle_realtime_text(40, &rt(json!({"type":"input_audio_buffer.speech_started","audio_start_ms":1})));
+    let v: Vec<Value> = drain(&mut s).iter().map(json_of).collect();
+    assert_eq!(v[0]["event"], "clear");
+    assert_eq!(v[1]["audio_end_ms"], 20);
+    assert!(v.iter().all(|e| e["type"] != "response.cancel"), "the server already cancelled on its own VAD: {v:?}");
+    // resp_2's first audio arrives late: dropped, never played over the caller.
+    s.handle_realtime_text(50, &delta("item_2", "resp_2", &[7; 800]));
+    assert!(drain(&mut s).is_empty());
+    assert_eq!(s.stats().late_deltas_dropped, 1);
+}
+
+#[test]
+fn hanging_up_mid_reply_records_only_what_was_heard() {
+    let (mut s, out) = speaking(2000);
+    s.handle_realtime_text(20, &rt(json!({"type":"response.output_audio_transcript.done","item_id":"item_1","transcript":"Uno due tre quattro cinque sei sette otto nove dieci."})));
+    for m in &mark_names(&out)[..10] {
+        s.handle_twilio_text(30, &mark(m));
+    }
+    s.handle_twilio_text(40, r#"{"event":"stop","stop":{"callSid":"CA1"}}"#);
+    let rec = s.into_record(40);
+    let t = &rec.transcript[0];
+    assert_eq!((t.heard_ms, t.generated_ms, t.interrupted), (Some(200), Some(2000), false));
+    assert!(t.text.starts_with("Uno") && t.text.ends_with('…') && t.text.len() < 20, "{}", t.text);
+    assert!(t.generated_text.as_deref().unwrap().ends_with("dieci."));
 }
