@@ -31,6 +31,7 @@ fn session(format: AudioFormat) -> CallSession {
         barge_in: BargeIn { enabled: false, ..BargeIn::default() },
         apology: &[],
         backlog_frames: 50,
+        frames_per_mark: switchboard::core::session::DEFAULT_FRAMES_PER_MARK,
     };
     let mut s = CallSession::new(p, 0, true);
     while s.poll_output().is_some() {}

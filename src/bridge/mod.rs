@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message as TwMessage, WebSocket};
 use dashmap::DashMap;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as RtMessage;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -288,6 +288,7 @@ async fn run_call(
             barge_in: tenant.barge_in.clone(),
             apology: apology_ulaw(&tenant.language),
             backlog_frames: rt.config.backlog_frames,
+            frames_per_mark: crate::core::session::DEFAULT_FRAMES_PER_MARK,
         },
         now(),
         false,
@@ -314,46 +315,15 @@ async fn run_call(
                 shutdown_seen = true;
                 session.on_shutdown(now());
             }
-            msg = tw_rx.next() => { last_twilio = Instant::now(); match msg {
-                Some(Ok(TwMessage::Text(t))) => session.handle_twilio_text(now(), &t),
-                Some(Ok(TwMessage::Binary(_))) => {
-                    // Twilio only sends text; count and ignore.
-                    session.handle_twilio_text(now(), "");
-                }
-                Some(Ok(TwMessage::Ping(_) | TwMessage::Pong(_))) => {}
-                Some(Ok(TwMessage::Close(_))) | None => session.on_twilio_closed(now(), EndReason::StreamClosed),
-                Some(Err(e)) => {
-                    let detail = e.to_string();
-                    // tungstenite reports "Space limit exceeded: Message too long: N > MAX".
-                    if detail.contains("too long") || detail.contains("Space limit") {
-                        rt.metrics.oversized_messages.fetch_add(1, Relaxed);
-                        warn!(error = %detail, "oversized message; closing this stream");
-                        session.on_protocol_error(now(), &detail);
-                    } else {
-                        debug!(error = %detail, "twilio socket error");
-                        session.on_twilio_closed(now(), EndReason::StreamClosed);
-                    }
-                }
-            }},
-            msg = next_rt(&mut rt_rx), if rt_rx.is_some() => match msg {
-                Some(Ok(RtMessage::Text(t))) => session.handle_realtime_text(now(), &t),
-                Some(Ok(RtMessage::Close(frame))) => {
+            msg = tw_rx.next() => {
+                last_twilio = Instant::now();
+                on_twilio_msg(&rt, &mut session, now(), msg);
+            }
+            msg = next_rt(&mut rt_rx), if rt_rx.is_some() => {
+                if !on_realtime_msg(&mut session, now(), msg) {
                     rt_rx = None;
-                    let why = frame.map(|f| format!("upstream closed ({} {})", u16::from(f.code), f.reason)).unwrap_or_else(|| "upstream closed".into());
-                    warn!(reason = %why, "realtime session ended mid-call");
-                    session.on_realtime_failed(now(), &why);
                 }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    rt_rx = None;
-                    warn!(error = %e, "realtime socket failed mid-call");
-                    session.on_realtime_failed(now(), &format!("upstream error: {e}"));
-                }
-                None => {
-                    rt_rx = None;
-                    session.on_realtime_failed(now(), "upstream closed");
-                }
-            },
+            }
             res = async { connecting.as_mut().expect("guarded by is_some").await }, if connecting.is_some() => {
                 connecting = None;
                 match res {
@@ -382,6 +352,30 @@ async fn run_call(
                     warn!(idle_ms = last_twilio.elapsed().as_millis() as u64, "no message from Twilio; ending the call");
                     session.on_twilio_closed(now(), EndReason::StreamClosed);
                 }
+            }
+        }
+
+        // Handle whatever else is already waiting on either socket before writing, so a
+        // burst costs one flush per socket instead of one per message (bounded for fairness).
+        for _ in 0..BATCH_MAX {
+            let mut progressed = false;
+            if !session.is_ended()
+                && let Some(msg) = tw_rx.next().now_or_never()
+            {
+                last_twilio = Instant::now();
+                on_twilio_msg(&rt, &mut session, now(), msg);
+                progressed = true;
+            }
+            if let Some(rx) = rt_rx.as_mut()
+                && let Some(msg) = rx.next().now_or_never()
+            {
+                if !on_realtime_msg(&mut session, now(), msg) {
+                    rt_rx = None;
+                }
+                progressed = true;
+            }
+            if !progressed {
+                break;
             }
         }
 
@@ -461,6 +455,72 @@ async fn run_call(
         "call ended"
     );
     rt.sink.submit(record).await;
+}
+
+/// Messages handled per loop turn beyond the one that woke it.
+const BATCH_MAX: usize = 32;
+
+fn on_twilio_msg(
+    rt: &CallRuntime,
+    session: &mut CallSession,
+    now: Millis,
+    msg: Option<Result<TwMessage, axum::Error>>,
+) {
+    match msg {
+        Some(Ok(TwMessage::Text(t))) => session.handle_twilio_text(now, &t),
+        // Twilio only sends text; a binary frame is counted as malformed and ignored.
+        Some(Ok(TwMessage::Binary(_))) => session.handle_twilio_text(now, ""),
+        Some(Ok(TwMessage::Ping(_) | TwMessage::Pong(_))) => {}
+        Some(Ok(TwMessage::Close(_))) | None => session.on_twilio_closed(now, EndReason::StreamClosed),
+        Some(Err(e)) => {
+            let detail = e.to_string();
+            // tungstenite reports "Space limit exceeded: Message too long: N > MAX".
+            if detail.contains("too long") || detail.contains("Space limit") {
+                rt.metrics.oversized_messages.fetch_add(1, Relaxed);
+                warn!(error = %detail, "oversized message; closing this stream");
+                session.on_protocol_error(now, &detail);
+            } else {
+                debug!(error = %detail, "twilio socket error");
+                session.on_twilio_closed(now, EndReason::StreamClosed);
+            }
+        }
+    }
+}
+
+/// Returns false when the upstream socket is finished.
+fn on_realtime_msg(
+    session: &mut CallSession,
+    now: Millis,
+    msg: Option<Result<RtMessage, tokio_tungstenite::tungstenite::Error>>,
+) -> bool {
+    match msg {
+        Some(Ok(RtMessage::Text(t))) => {
+            session.handle_realtime_text(now, &t);
+            true
+        }
+        Some(Ok(RtMessage::Close(frame))) => {
+            let why = frame
+                .map(|f| format!("upstream closed ({} {})", u16::from(f.code), f.reason))
+                .unwrap_or_else(|| "upstream closed".into());
+            if !session.is_ended() {
+                warn!(reason = %why, "realtime session ended mid-call");
+            }
+            session.on_realtime_failed(now, &why);
+            false
+        }
+        Some(Ok(_)) => true,
+        Some(Err(e)) => {
+            if !session.is_ended() {
+                warn!(error = %e, "realtime socket failed mid-call");
+            }
+            session.on_realtime_failed(now, &format!("upstream error: {e}"));
+            false
+        }
+        None => {
+            session.on_realtime_failed(now, "upstream closed");
+            false
+        }
+    }
 }
 
 fn handle_notices(rt: &CallRuntime, session: &mut CallSession) {

@@ -122,9 +122,12 @@ pub fn heard_text(full: &str, heard_ms: u64, generated_ms: u64) -> String {
 struct Mark {
     seq: u64,
     tag: usize,
-    /// `sent_bytes` of the item once this mark's frame has played.
+    /// `sent_bytes` of the item once this mark's chunk has played.
     end: u64,
+    /// Bytes of the chunk this mark closes.
     bytes: u64,
+    /// When the chunk was sent.
+    sent_at: u64,
 }
 
 /// Marks sent to Twilio and not yet echoed, for the current generation.
@@ -134,15 +137,29 @@ pub(super) struct Outstanding {
     seq: u64,
     marks: VecDeque<Mark>,
     queued: u64,
+    /// When the last echo of this generation arrived.
+    last_ack_at: Option<u64>,
 }
 
 impl Outstanding {
-    /// Records a frame of `bytes` for item `tag`; returns the mark name to send after it.
-    pub(super) fn push(&mut self, tag: usize, end: u64, bytes: u64) -> String {
+    /// Records a chunk of `bytes` for item `tag` sent at `now`; returns the mark name to send
+    /// after it.
+    pub(super) fn push(&mut self, tag: usize, end: u64, bytes: u64, now: u64) -> String {
         self.seq += 1;
-        self.marks.push_back(Mark { seq: self.seq, tag, end, bytes });
+        self.marks.push_back(Mark { seq: self.seq, tag, end, bytes, sent_at: now });
         self.queued += bytes;
         format!("g{}.{}", self.generation, self.seq)
+    }
+
+    /// Where playback of item `tag` is now, in bytes, if its audio is playing: between the
+    /// start and the end of the oldest unechoed chunk, advanced at 8 bytes per ms from when
+    /// that chunk began to play (the previous echo, or its sending if Twilio was idle). Never
+    /// beyond what was sent.
+    pub(super) fn playing_position(&self, tag: usize, now: u64) -> Option<u64> {
+        let front = self.marks.front().filter(|m| m.tag == tag)?;
+        let start = front.end - front.bytes;
+        let since = self.last_ack_at.map_or(front.sent_at, |a| a.max(front.sent_at));
+        Some((start + now.saturating_sub(since) * 8).min(front.end))
     }
 
     /// Bytes sent to Twilio whose mark has not been echoed yet.
@@ -153,12 +170,13 @@ impl Outstanding {
     /// Handles an echoed mark. Returns `(item, heard_end)` for every frame it acknowledges
     /// (marks are echoed in order, so an echo also covers any earlier unechoed mark), or
     /// `None` for an echo of a cleared generation or a name that is not ours.
-    pub(super) fn ack(&mut self, name: &str) -> Option<Vec<(usize, u64)>> {
+    pub(super) fn ack(&mut self, name: &str, now: u64) -> Option<Vec<(usize, u64)>> {
         let (g, s) = name.strip_prefix('g')?.split_once('.')?;
         let (g, s) = (g.parse::<u32>().ok()?, s.parse::<u64>().ok()?);
         if g != self.generation || self.marks.front().is_none_or(|m| m.seq > s) {
             return None;
         }
+        self.last_ack_at = Some(now);
         let mut acked = Vec::with_capacity(1);
         while let Some(m) = self.marks.front().copied().filter(|m| m.seq <= s) {
             self.marks.pop_front();
@@ -173,6 +191,7 @@ impl Outstanding {
         self.generation += 1;
         self.marks.clear();
         self.queued = 0;
+        self.last_ack_at = None;
     }
 }
 
@@ -183,23 +202,38 @@ mod tests {
     #[test]
     fn marks_ack_in_order_and_old_generations_are_ignored() {
         let mut o = Outstanding::default();
-        let a = o.push(0, 160, 160);
-        let b = o.push(0, 320, 160);
-        let c = o.push(0, 400, 80);
+        let a = o.push(0, 160, 160, 0);
+        let b = o.push(0, 320, 160, 0);
+        let c = o.push(0, 400, 80, 0);
         assert_eq!((a.as_str(), c.as_str()), ("g0.1", "g0.3"));
         assert_eq!(o.queued_bytes(), 400);
         // Echo of the second covers the first too.
-        assert_eq!(o.ack(&b), Some(vec![(0, 160), (0, 320)]));
+        assert_eq!(o.ack(&b, 40), Some(vec![(0, 160), (0, 320)]));
         assert_eq!(o.queued_bytes(), 80);
-        assert_eq!(o.ack(&b), None, "duplicate echo");
+        assert_eq!(o.ack(&b, 41), None, "duplicate echo");
         o.clear_generation();
-        assert_eq!(o.ack(&c), None, "echo of a cleared mark");
+        assert_eq!(o.ack(&c, 42), None, "echo of a cleared mark");
         assert_eq!(o.queued_bytes(), 0);
-        assert_eq!(o.ack("not-ours"), None);
-        assert_eq!(o.ack("g9.x"), None);
-        let d = o.push(1, 160, 160);
+        assert_eq!(o.ack("not-ours", 43), None);
+        assert_eq!(o.ack("g9.x", 43), None);
+        let d = o.push(1, 160, 160, 50);
         assert_eq!(d, "g1.4");
-        assert_eq!(o.ack(&d), Some(vec![(1, 160)]));
+        assert_eq!(o.ack(&d, 70), Some(vec![(1, 160)]));
+    }
+
+    #[test]
+    fn playing_position_advances_with_the_playback_clock_within_the_chunk() {
+        let mut o = Outstanding::default();
+        o.push(0, 800, 800, 1000); // 100 ms chunk sent at t=1000, Twilio idle: plays at once
+        o.push(0, 1600, 800, 1000);
+        assert_eq!(o.playing_position(0, 1000), Some(0));
+        assert_eq!(o.playing_position(0, 1040), Some(320));
+        assert_eq!(o.playing_position(0, 1500), Some(800), "never past the unechoed chunk's end");
+        assert_eq!(o.playing_position(1, 1040), None, "item 1 is not playing");
+        o.ack("g0.1", 1100); // first chunk heard at t=1100; the second plays from there
+        assert_eq!(o.playing_position(0, 1125), Some(1000));
+        o.ack("g0.2", 1200);
+        assert_eq!(o.playing_position(0, 1300), None, "nothing unechoed");
     }
 
     #[test]

@@ -50,7 +50,13 @@ pub struct SessionParams {
     pub apology: &'static [u8],
     /// Caller frames kept while the upstream is not ready yet (50 = 1 s).
     pub backlog_frames: usize,
+    /// Agent frames (20 ms) per mark. Fewer marks mean fewer messages both ways and batched
+    /// writes; what the caller heard is interpolated between marks on the playback clock.
+    pub frames_per_mark: u32,
 }
+
+/// 100 ms chunks: five 20 ms frames, then a mark.
+pub const DEFAULT_FRAMES_PER_MARK: u32 = 5;
 
 /// What the bridge must do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -461,7 +467,7 @@ impl CallSession {
     }
 
     fn on_mark(&mut self, now: Millis, name: &str) {
-        match self.outstanding.ack(name) {
+        match self.outstanding.ack(name, now) {
             Some(acks) => {
                 for (tag, end) in acks {
                     self.stats.marks_acked += 1;
@@ -703,17 +709,25 @@ impl CallSession {
 
     // ------------------------------------------------------------------ outbound pacing
 
-    /// Sends held frames while less than the playback lead is queued at Twilio.
+    /// Sends held frames while less than the playback lead is queued at Twilio, closing each
+    /// chunk of `frames_per_mark` frames (or of one item, or of what is available) with a mark.
     fn pump(&mut self, now: Millis) {
         if self.phase == Phase::Ended {
             return;
         }
         let lead = u64::from(self.p.barge_in.playback_lead_ms) * 8;
-        while self.outstanding.queued_bytes() < lead {
+        let per_mark = self.p.frames_per_mark.max(1);
+        let mut chunk: Option<(usize, u64, u32)> = None; // (item, bytes, frames)
+        while self.outstanding.queued_bytes() + chunk.map_or(0, |c| c.1) < lead {
             let Some((tag, avail)) = self.held.front() else { break };
             let done = self.items.get(tag).is_none_or(|i| i.generation_done);
             if avail < FRAME_BYTES && !done && !self.held.has_later() {
                 break; // wait for the rest of the frame
+            }
+            if let Some((ctag, _, _)) = chunk
+                && ctag != tag
+            {
+                self.close_chunk(now, chunk.take());
             }
             let Some(tag) = self.held.pop(FRAME_BYTES, &mut self.frame) else { break };
             self.b64.clear();
@@ -729,10 +743,22 @@ impl CallSession {
                     self.stats.first_audio_ms = Some(now.saturating_sub(self.start));
                 }
             }
-            let name = self.outstanding.push(tag, item.sent_bytes, n);
-            self.out.push_back(Output::Twilio(self.writer.mark(&name)));
-            self.stats.marks_sent += 1;
+            let c = chunk.get_or_insert((tag, 0, 0));
+            c.1 += n;
+            c.2 += 1;
+            if c.2 >= per_mark {
+                self.close_chunk(now, chunk.take());
+            }
         }
+        self.close_chunk(now, chunk);
+    }
+
+    fn close_chunk(&mut self, now: Millis, chunk: Option<(usize, u64, u32)>) {
+        let Some((tag, bytes, _)) = chunk else { return };
+        let end = self.items[tag].sent_bytes;
+        let name = self.outstanding.push(tag, end, bytes, now);
+        self.out.push_back(Output::Twilio(self.writer.mark(&name)));
+        self.stats.marks_sent += 1;
     }
 
     fn agent_audio_pending(&self) -> bool {
@@ -756,7 +782,13 @@ impl CallSession {
         if !self.p.barge_in.enabled || self.phase != Phase::Live || !self.agent_audio_pending() {
             return;
         }
-        // Snapshot what was heard before `clear` makes Twilio echo every pending mark.
+        // Snapshot what was heard before `clear` makes Twilio echo every pending mark: echoed
+        // marks, plus the playback clock inside the chunk playing now.
+        for (idx, item) in self.items.iter_mut().enumerate() {
+            if let Some(pos) = self.outstanding.playing_position(idx, now) {
+                item.heard_bytes = item.heard_bytes.max(pos);
+            }
+        }
         let mut first_end = None;
         let pending: Vec<usize> = self
             .items

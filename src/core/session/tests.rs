@@ -20,6 +20,7 @@ fn params(format: AudioFormat) -> SessionParams {
         barge_in: BargeIn::default(),
         apology: &[0x55; 1600],
         backlog_frames: 3,
+        frames_per_mark: 1,
     }
 }
 
@@ -124,7 +125,7 @@ fn caller_audio_passes_through_byte_exact_and_backlog_is_bounded() {
 }
 
 #[test]
-fn agent_audio_is_framed_marked_and_paced_by_echoes() {
+fn agent_audio_is_framed_marked_and_paced_by_echoes_one_mark_per_frame() {
     let (mut s, out) = speaking(1000);
     // 300 ms lead: 15 frames of 160 bytes, each followed by its mark.
     let payloads = twilio_payloads(&out);
@@ -166,7 +167,9 @@ fn server_barge_in_clears_and_truncates_to_what_was_heard() {
     assert_eq!(v[0], json!({"event":"clear","streamSid":"MZ1"}));
     assert_eq!(
         v[1],
-        json!({"type":"conversation.item.truncate","item_id":"item_1","content_index":0,"audio_end_ms":60})
+        // 60 ms echoed, and the 4th frame has been playing since the last echo (t=50) long
+        // enough to finish: 80 ms, never beyond its unechoed end.
+        json!({"type":"conversation.item.truncate","item_id":"item_1","content_index":0,"audio_end_ms":80})
     );
     // Echoes of cleared marks are ignored: no more audio, heard stays at 60 ms.
     for m in &marks[3..] {
@@ -187,9 +190,9 @@ fn server_barge_in_clears_and_truncates_to_what_was_heard() {
     assert_eq!(rec.end_reason, EndReason::CallerHangup);
     let agent = rec.transcript.iter().find(|t| t.speaker == Speaker::Agent).unwrap();
     assert!(agent.interrupted);
-    assert_eq!(agent.heard_ms, Some(60));
+    assert_eq!(agent.heard_ms, Some(80));
     assert_eq!(agent.generated_ms, Some(1000));
-    assert_eq!(rec.agent_talk_ms, 60);
+    assert_eq!(rec.agent_talk_ms, 80);
 }
 
 #[test]
@@ -234,7 +237,8 @@ fn local_vad_barges_in_on_real_speech_after_min_speech() {
                 .filter(|v| v["type"].is_string() && v["type"] != "input_audio_buffer.append")
                 .collect();
             assert_eq!(v[0]["type"], "conversation.item.truncate");
-            assert_eq!(v[0]["audio_end_ms"], 100);
+            // 100 ms echoed at t=30 plus the next frame, long finished by now: 120 ms.
+            assert_eq!(v[0]["audio_end_ms"], 120);
             // Our own VAD cut the agent: the active response is cancelled, once.
             assert_eq!(v[1], json!({"type":"response.cancel"}));
             assert_eq!(v.len(), 2);
@@ -434,7 +438,8 @@ fn barge_in_also_cuts_an_active_response_that_has_no_audio_yet() {
     s.handle_realtime_text(40, &rt(json!({"type":"input_audio_buffer.speech_started","audio_start_ms":1})));
     let v: Vec<Value> = drain(&mut s).iter().map(json_of).collect();
     assert_eq!(v[0]["event"], "clear");
-    assert_eq!(v[1]["audio_end_ms"], 20);
+    // 20 ms echoed at t=30, then 10 ms into the next frame at t=40.
+    assert_eq!(v[1]["audio_end_ms"], 30);
     assert!(v.iter().all(|e| e["type"] != "response.cancel"), "the server already cancelled on its own VAD: {v:?}");
     // resp_2's first audio arrives late: dropped, never played over the caller.
     s.handle_realtime_text(50, &delta("item_2", "resp_2", &[7; 800]));
@@ -455,4 +460,42 @@ fn hanging_up_mid_reply_records_only_what_was_heard() {
     assert_eq!((t.heard_ms, t.generated_ms, t.interrupted), (Some(200), Some(2000), false));
     assert!(t.text.starts_with("Uno") && t.text.ends_with('…') && t.text.len() < 20, "{}", t.text);
     assert!(t.generated_text.as_deref().unwrap().ends_with("dieci."));
+}
+
+#[test]
+fn marks_close_chunks_of_frames_and_items() {
+    let mut p = params(AudioFormat::Pcmu);
+    p.frames_per_mark = DEFAULT_FRAMES_PER_MARK;
+    let mut s = CallSession::new(p, 0, true);
+    drain(&mut s);
+    s.handle_realtime_text(10, &delta("item_1", "resp_1", &[1; 8000]));
+    let out = drain(&mut s);
+    let kinds: Vec<String> = out.iter().map(json_of).map(|v| v["event"].as_str().unwrap_or("").to_owned()).collect();
+    // 300 ms lead = 15 frames in three chunks of five, each closed by a mark.
+    let chunk = ["media", "media", "media", "media", "media", "mark"];
+    assert_eq!(kinds, chunk.repeat(3), "{kinds:?}");
+    // One echo releases one more chunk.
+    s.handle_twilio_text(110, &mark(&mark_names(&out)[0]));
+    let more = drain(&mut s);
+    assert_eq!(
+        more.iter().map(json_of).map(|v| v["event"].as_str().unwrap_or("").to_owned()).collect::<Vec<_>>(),
+        chunk
+    );
+    // Barge-in 30 ms after that echo: 100 ms echoed + 30 ms into the second chunk.
+    s.handle_realtime_text(140, &rt(json!({"type":"input_audio_buffer.speech_started","audio_start_ms":1})));
+    let v: Vec<Value> = drain(&mut s).iter().map(json_of).collect();
+    assert_eq!(v[1]["audio_end_ms"], 130);
+    // A short item's chunk is closed when nothing more is available, not left waiting for
+    // five frames, and two items never share a mark.
+    let mut p = params(AudioFormat::Pcmu);
+    p.frames_per_mark = DEFAULT_FRAMES_PER_MARK;
+    let mut s = CallSession::new(p, 0, true);
+    drain(&mut s);
+    s.handle_realtime_text(10, &delta("a", "r1", &[1; 400]));
+    s.handle_realtime_text(11, &rt(json!({"type":"response.output_audio.done","item_id":"a"})));
+    s.handle_realtime_text(12, &delta("b", "r2", &[2; 160]));
+    s.handle_realtime_text(13, &rt(json!({"type":"response.output_audio.done","item_id":"b"})));
+    let kinds: Vec<String> =
+        drain(&mut s).iter().map(json_of).map(|v| v["event"].as_str().unwrap_or("").to_owned()).collect();
+    assert_eq!(kinds, ["media", "media", "mark", "media", "mark", "media", "mark"], "{kinds:?}");
 }
