@@ -2,6 +2,8 @@
 //! outputs for given marks and speech, pacing, the response queue, the apology, the record.
 
 use super::*;
+use std::collections::HashMap;
+
 use serde_json::{Value, json};
 
 const SPEECH: &[u8] = include_bytes!("../../../fixtures/it_caller_booking.ulaw");
@@ -498,4 +500,114 @@ fn marks_close_chunks_of_frames_and_items() {
     let kinds: Vec<String> =
         drain(&mut s).iter().map(json_of).map(|v| v["event"].as_str().unwrap_or("").to_owned()).collect();
     assert_eq!(kinds, ["media", "media", "mark", "media", "mark", "media", "mark"], "{kinds:?}");
+}
+
+/// A tiny deterministic generator (xorshift), so failures reproduce from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Random valid, mutated and garbage messages on both sides, in any order: the session never
+/// panics, only ever sends Twilio `media`/`mark`/`clear`, never truncates beyond the audio it
+/// generated, and ends with exactly one record.
+#[test]
+fn random_and_hostile_input_never_breaks_the_session() {
+    let mut truncates = 0;
+    for seed in 1..=40u64 {
+        let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let format = if seed % 3 == 0 { AudioFormat::Pcm24k } else { AudioFormat::Pcmu };
+        let mut p = params(format);
+        p.frames_per_mark = 1 + (seed % 5) as u32;
+        let mut s = CallSession::new(p, 0, seed % 2 == 0);
+        let mut now = 0u64;
+        let mut marks: Vec<String> = Vec::new();
+        let mut generated_ms: HashMap<String, u64> = HashMap::new();
+        let items = ["item_a", "item_b", "item_c"];
+        for _ in 0..600 {
+            now += r.below(30);
+            let item = items[r.below(3) as usize];
+            let resp = format!("resp_{}", r.below(3));
+            let len = (r.below(2000) + 1) as usize;
+            let audio: Vec<u8> = (0..len).map(|_| r.next() as u8).collect();
+            match r.below(16) {
+                0 => s.on_realtime_ready(now),
+                1 => s.handle_twilio_text(now, &media(&audio[..len.min(320)], now)),
+                2 => s.handle_twilio_text(now, &media(&SPEECH[(now as usize * 8) % 20_000..][..160], now)),
+                3 => {
+                    if let Some(m) = marks.get(r.below(marks.len() as u64 + 1) as usize) {
+                        s.handle_twilio_text(now, &mark(m));
+                    }
+                }
+                4 => {
+                    *generated_ms.entry(item.to_owned()).or_default() += if format == AudioFormat::Pcmu { len as u64 / 8 } else { len as u64 / 48 };
+                    s.handle_realtime_text(now, &delta(item, &resp, &audio));
+                }
+                5 => s.handle_realtime_text(now, &rt(json!({"type":"input_audio_buffer.speech_started","audio_start_ms":now,"item_id":"u"}))),
+                6 => s.handle_realtime_text(now, &rt(json!({"type":"response.created","response":{"id":resp}}))),
+                7 => s.handle_realtime_text(now, &rt(json!({"type":"response.done","response":{"id":resp,"status":"completed","usage":{"total_tokens":3}}}))),
+                8 => s.handle_realtime_text(now, &rt(json!({"type":"response.output_audio.done","item_id":item}))),
+                9 => s.handle_realtime_text(now, &rt(json!({"type":"error","error":{"code":"conversation_already_has_active_response","event_id":"sb_resp_1"}}))),
+                10 => s.handle_twilio_text(now, r#"{"event":"dtmf","dtmf":{"digit":"7"}}"#),
+                11 => {
+                    // Byte-level garbage and truncated JSON.
+                    let text = media(&audio[..len.min(160)], now);
+                    let cut = r.below(text.len() as u64) as usize;
+                    s.handle_twilio_text(now, text.get(..cut).unwrap_or(""));
+                    s.handle_realtime_text(now, &String::from_utf8_lossy(&audio[..len.min(64)]));
+                }
+                12 => s.handle_timeout(now),
+                13 => s.handle_realtime_text(now, &rt(json!({"type":"conversation.item.input_audio_transcription.completed","item_id":"u","transcript":"ciao"}))),
+                14 if r.below(40) == 0 => s.on_realtime_failed(now, "random failure"),
+                _ => s.handle_realtime_text(now, &rt(json!({"type":"response.output_audio_transcript.done","item_id":item,"transcript":"parole parole"}))),
+            }
+            while let Some(o) = s.poll_output() {
+                match &o {
+                    Output::Twilio(t) => {
+                        let v: Value = serde_json::from_str(t).expect("Twilio output is JSON");
+                        let ev = v["event"].as_str().unwrap_or_default().to_owned();
+                        assert!(["media", "mark", "clear"].contains(&ev.as_str()), "seed {seed}: {t}");
+                        if ev == "mark" {
+                            marks.push(v["mark"]["name"].as_str().unwrap().to_owned());
+                        }
+                    }
+                    Output::Realtime(t) => {
+                        let v: Value = serde_json::from_str(t).expect("Realtime output is JSON");
+                        if v["type"] == "conversation.item.truncate" {
+                            let id = v["item_id"].as_str().unwrap();
+                            let end = v["audio_end_ms"].as_u64().unwrap();
+                            let generated = generated_ms.get(id).copied().unwrap_or(0);
+                            assert!(
+                                end <= generated,
+                                "seed {seed}: truncate {id} at {end} ms > {generated} ms generated"
+                            );
+                            truncates += 1;
+                        }
+                    }
+                    Output::CloseRealtime | Output::Hangup => {}
+                }
+            }
+            if s.is_finished() {
+                break;
+            }
+        }
+        let rec = s.into_record(now + 1);
+        assert_eq!(rec.call_sid, "CA1");
+        for t in &rec.transcript {
+            if let (Some(h), Some(g)) = (t.heard_ms, t.generated_ms) {
+                // pcm24k: heard is counted after resampling, generated on the model's clock.
+                assert!(h <= g + 40, "seed {seed}: heard {h} > generated {g}");
+            }
+        }
+    }
+    assert!(truncates > 20, "the generator must exercise barge-ins, saw {truncates}");
 }
