@@ -437,3 +437,27 @@ async fn a_stream_token_cannot_be_replayed_after_its_call() {
     assert_eq!(replay.close_frame().map(|f| f.0), Some(1008));
     assert!(h.next_record(Duration::from_millis(300)).await.is_none());
 }
+
+#[tokio::test]
+async fn dtmf_reaches_the_model_and_the_record() {
+    let h = Harness::start(FakeScript { greeting_audio: AGENT_LONG[..1_600].to_vec(), ..script() }).await;
+    let mut call = h.call(MARIO).await;
+    call.wait_for(|s| s.played_ms >= 200, T).await.unwrap();
+    call.dtmf('3');
+    h.fake
+        .wait_for(
+            |ev| {
+                ev.iter().any(|e| {
+                    e.kind() == "conversation.item.create"
+                        && e.event["item"]["content"][0]["text"].as_str().is_some_and(|t| t.contains('3'))
+                })
+            },
+            T,
+        )
+        .await
+        .expect("the key press reaches the model as a text item");
+    call.stop().await;
+    let rec = h.next_record(T).await.unwrap();
+    assert_eq!(rec.stats.dtmf_digits, 1);
+    assert!(rec.transcript.iter().any(|t| t.speaker == Speaker::Caller && t.text == "[pressed 3]"));
+}
