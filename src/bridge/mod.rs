@@ -129,35 +129,31 @@ type ConnectFuture = Pin<Box<dyn std::future::Future<Output = Result<RealtimeCon
 /// Runs one Media Stream from upgrade to record. Never panics on caller input.
 pub async fn run(rt: Arc<CallRuntime>, socket: WebSocket) {
     let t0 = Instant::now();
-    let (mut tw_tx, mut tw_rx) = socket.split();
+    // One task reads and writes each socket, never at the same time: no split, no lock.
+    let mut tw = socket;
 
     // 1. Handshake: wait for `start` (anything else before it is counted and ignored).
-    let start = match tokio::time::timeout(rt.config.stream_start_timeout, wait_for_start(&rt, &mut tw_rx)).await {
+    let start = match tokio::time::timeout(rt.config.stream_start_timeout, wait_for_start(&rt, &mut tw)).await {
         Ok(Some(s)) => s,
         Ok(None) => return,
         Err(_) => {
             warn!("media stream sent no start in time; closing");
-            let _ = tw_tx.close().await;
+            let _ = tw.close().await;
             return;
         }
     };
     let Some(tenant) = admit(&rt, &start) else {
         rt.metrics.calls_rejected.fetch_add(1, Relaxed);
-        let _ = tw_tx
+        let _ = tw
             .send(TwMessage::Close(Some(CloseFrame { code: 1008, reason: "stream not bound to a call".into() })))
             .await;
         return;
     };
     let span = info_span!("call", call_sid = %start.call_sid, tenant = %tenant.id);
-    async move { run_call(rt, t0, start, tenant, tw_tx, tw_rx).await }.instrument(span).await
+    async move { run_call(rt, t0, start, tenant, tw).await }.instrument(span).await
 }
 
-type TwTx = futures_util::stream::SplitSink<WebSocket, TwMessage>;
-type TwRx = futures_util::stream::SplitStream<WebSocket>;
-type RtTx = futures_util::stream::SplitSink<RealtimeSocket, RtMessage>;
-type RtRx = futures_util::stream::SplitStream<RealtimeSocket>;
-
-async fn wait_for_start(rt: &CallRuntime, rx: &mut TwRx) -> Option<Start> {
+async fn wait_for_start(rt: &CallRuntime, rx: &mut WebSocket) -> Option<Start> {
     while let Some(msg) = rx.next().await {
         let text = match msg {
             Ok(TwMessage::Text(t)) => t,
@@ -220,14 +216,7 @@ fn admit(rt: &CallRuntime, start: &Start) -> Option<Arc<Tenant>> {
     }
 }
 
-async fn run_call(
-    rt: Arc<CallRuntime>,
-    t0: Instant,
-    start: Start,
-    tenant: Arc<Tenant>,
-    mut tw_tx: TwTx,
-    mut tw_rx: TwRx,
-) {
+async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<Tenant>, mut tw: WebSocket) {
     let now = || t0.elapsed().as_millis() as Millis;
     let params = &start.custom_parameters;
     let call_sid = start.call_sid.clone();
@@ -293,8 +282,8 @@ async fn run_call(
         now(),
         false,
     );
-    let mut rt_tx: Option<RtTx> = None;
-    let mut rt_rx: Option<RtRx> = None;
+    let mut up: Option<RealtimeSocket> = None;
+    let mut up_readable = false;
     let mut last_stats = CallStats::default();
     let mut shutdown_seen = false;
 
@@ -315,27 +304,26 @@ async fn run_call(
                 shutdown_seen = true;
                 session.on_shutdown(now());
             }
-            msg = tw_rx.next() => {
+            msg = tw.next() => {
                 last_twilio = Instant::now();
                 on_twilio_msg(&rt, &mut session, now(), msg);
             }
-            msg = next_rt(&mut rt_rx), if rt_rx.is_some() => {
+            msg = next_rt(&mut up), if up_readable => {
                 if !on_realtime_msg(&mut session, now(), msg) {
-                    rt_rx = None;
+                    up_readable = false;
                 }
             }
             res = async { connecting.as_mut().expect("guarded by is_some").await }, if connecting.is_some() => {
                 connecting = None;
                 match res {
                     Ok(conn) => {
-                        let (tx, rx) = conn.socket.split();
+                        let mut ws = conn.socket;
                         if session.upstream_open() && !session.is_ended() {
-                            rt_tx = Some(tx);
-                            rt_rx = Some(rx);
+                            up = Some(ws);
+                            up_readable = true;
                             session.on_realtime_ready(now());
                         } else {
-                            let mut s = tx;
-                            let _ = s.close().await;
+                            within(ws.close(None)).await;
                         }
                     }
                     Err(e) => {
@@ -360,17 +348,18 @@ async fn run_call(
         for _ in 0..BATCH_MAX {
             let mut progressed = false;
             if !session.is_ended()
-                && let Some(msg) = tw_rx.next().now_or_never()
+                && let Some(msg) = tw.next().now_or_never()
             {
                 last_twilio = Instant::now();
                 on_twilio_msg(&rt, &mut session, now(), msg);
                 progressed = true;
             }
-            if let Some(rx) = rt_rx.as_mut()
-                && let Some(msg) = rx.next().now_or_never()
+            if up_readable
+                && let Some(ws) = up.as_mut()
+                && let Some(msg) = ws.next().now_or_never()
             {
                 if !on_realtime_msg(&mut session, now(), msg) {
-                    rt_rx = None;
+                    up_readable = false;
                 }
                 progressed = true;
             }
@@ -386,40 +375,40 @@ async fn run_call(
         while let Some(out) = session.poll_output() {
             match out {
                 Output::Twilio(s) => {
-                    if !within(tw_tx.feed(TwMessage::Text(s.into()))).await {
+                    if !within(tw.feed(TwMessage::Text(s.into()))).await {
                         session.on_twilio_closed(now(), EndReason::StreamClosed);
                     }
                     tw_dirty = true;
                 }
                 Output::Realtime(s) => {
-                    if let Some(tx) = rt_tx.as_mut()
-                        && !within(tx.feed(RtMessage::text(s))).await
+                    if let Some(ws) = up.as_mut()
+                        && !within(ws.feed(RtMessage::text(s))).await
                     {
-                        rt_tx = None;
-                        rt_rx = None;
+                        up = None;
+                        up_readable = false;
                         session.on_realtime_failed(now(), "upstream write failed");
                     }
                     rt_dirty = true;
                 }
                 Output::CloseRealtime => {
                     connecting = None;
-                    rt_rx = None;
-                    if let Some(mut tx) = rt_tx.take() {
-                        within(tx.close()).await;
+                    up_readable = false;
+                    if let Some(mut ws) = up.take() {
+                        within(ws.close(None)).await;
                     }
                 }
                 Output::Hangup => hangup = true,
             }
         }
-        if tw_dirty && !within(tw_tx.flush()).await {
+        if tw_dirty && !within(tw.flush()).await {
             session.on_twilio_closed(now(), EndReason::StreamClosed);
         }
         if rt_dirty
-            && let Some(tx) = rt_tx.as_mut()
-            && !within(tx.flush()).await
+            && let Some(ws) = up.as_mut()
+            && !within(ws.flush()).await
         {
-            rt_tx = None;
-            rt_rx = None;
+            up = None;
+            up_readable = false;
             session.on_realtime_failed(now(), "upstream write failed");
         }
         handle_notices(&rt, &mut session);
@@ -430,9 +419,9 @@ async fn run_call(
     }
 
     // 4. Close and record, exactly once.
-    within(tw_tx.close()).await;
-    if let Some(mut tx) = rt_tx.take() {
-        within(tx.close()).await;
+    within(tw.close()).await;
+    if let Some(mut ws) = up.take() {
+        within(ws.close(None)).await;
     }
     let record = session.into_record(now());
     rt.metrics.sync_call(&mut last_stats, &record.stats);
@@ -554,7 +543,7 @@ async fn within<E>(fut: impl std::future::Future<Output = Result<(), E>>) -> boo
     matches!(tokio::time::timeout(WRITE_TIMEOUT, fut).await, Ok(Ok(())))
 }
 
-async fn next_rt(rx: &mut Option<RtRx>) -> Option<Result<RtMessage, tokio_tungstenite::tungstenite::Error>> {
+async fn next_rt(rx: &mut Option<RealtimeSocket>) -> Option<Result<RtMessage, tokio_tungstenite::tungstenite::Error>> {
     match rx.as_mut() {
         Some(rx) => rx.next().await,
         None => std::future::pending().await,

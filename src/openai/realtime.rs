@@ -68,9 +68,10 @@ async fn open_inner(settings: &RealtimeSettings, spec: &SessionSpec) -> Result<R
     // session.updated echoes the full instructions; audio deltas can be large.
     cfg.max_message_size = Some(32 << 20);
     cfg.max_frame_size = Some(32 << 20);
-    // 128 KiB default buffers per socket would dominate a call's memory; deltas are a few KiB
-    // and the bridge flushes once per loop turn.
-    cfg.read_buffer_size = 16 * 1024;
+    // 128 KiB default buffers per socket would dominate a call's memory, and tungstenite zeroes
+    // the read buffer's spare room on every read; deltas are a few KiB. The bridge flushes once
+    // per loop turn.
+    cfg.read_buffer_size = 4 * 1024;
     cfg.write_buffer_size = 4 * 1024;
     let (mut socket, _resp) =
         tokio_tungstenite::connect_async_with_config(req, Some(cfg), true).await.map_err(|e| match e {

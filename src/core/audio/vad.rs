@@ -17,6 +17,10 @@ struct SendVad(Vad);
 // `&mut self`), so the C code is never entered concurrently on the same instance.
 unsafe impl Send for SendVad {}
 
+/// Peak amplitude (of 32 767) at or below which a frame is not speech whatever the detector
+/// would say: about −54 dBFS. Speech on a phone line peaks tens of dB above it.
+pub const SILENCE_PEAK: u16 = 64;
+
 /// Per-call VAD classifying 10/20/30 ms frames of 8 kHz linear audio.
 pub struct FrameVad {
     vad: SendVad,
@@ -52,9 +56,16 @@ impl FrameVad {
     /// Only 80, 160 or 240 samples (10/20/30 ms) are classified. Any other length, including
     /// an empty slice (on which `webrtc-vad` would panic), returns `false` without entering
     /// the C code, so a short trailing remainder of a Twilio payload is simply not speech.
+    ///
+    /// Frames whose peak is at or below [`SILENCE_PEAK`] (about −54 dBFS: digital silence and
+    /// line hiss) are not speech and skip the detector: callers are silent most of a call,
+    /// and the detector is the largest per-frame cost (≈1.1 µs against ≈30 ns for the check).
     pub fn is_speech(&mut self, samples: &[i16]) -> bool {
         match samples.len() {
-            80 | 160 | 240 => self.vad.0.is_voice_segment(samples).unwrap_or(false),
+            80 | 160 | 240 => {
+                let peak = samples.iter().map(|s| s.unsigned_abs()).max().unwrap_or(0);
+                peak > SILENCE_PEAK && self.vad.0.is_voice_segment(samples).unwrap_or(false)
+            }
             _ => false,
         }
     }
@@ -73,6 +84,27 @@ impl FrameVad {
 impl std::fmt::Debug for FrameVad {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FrameVad").field("mode", &self.mode).field("rate_hz", &8000).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+
+    #[test]
+    fn near_silence_is_never_speech_and_loud_frames_still_reach_the_detector() {
+        let mut v = FrameVad::new(0);
+        let hiss: Vec<i16> = (0..160).map(|i| if i % 2 == 0 { 60 } else { -60 }).collect();
+        assert!(!v.is_speech(&hiss));
+        // A loud 300 Hz tone is not gated (the detector decides; in mode 0 it calls it voice).
+        let tone: Vec<i16> = (0..160)
+            .map(|i| ((i as f32 * 2.0 * std::f32::consts::PI * 300.0 / 8000.0).sin() * 12000.0) as i16)
+            .collect();
+        let mut any = false;
+        for _ in 0..20 {
+            any |= v.is_speech(&tone);
+        }
+        assert!(any, "a loud voiced-band tone must reach the detector");
     }
 }
 
