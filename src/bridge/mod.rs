@@ -286,6 +286,12 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
     let mut up_readable = false;
     let mut last_stats = CallStats::default();
     let mut shutdown_seen = false;
+    // One waiter per call on its own child token, created once: re-creating `cancelled()` on
+    // the shared token every loop turn would register and drop a waiter under one mutex for
+    // every frame of every call.
+    let cancel_token = rt.calls_cancel.child_token();
+    let cancelled = cancel_token.cancelled();
+    tokio::pin!(cancelled);
 
     if let Some(Err(e)) = immediate.take() {
         warn!(error = %e, "realtime unavailable");
@@ -300,7 +306,7 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
         let deadline = session.poll_timeout().map(|ms| tokio::time::Instant::from_std(t0 + Duration::from_millis(ms)));
         tokio::select! {
             biased;
-            _ = rt.calls_cancel.cancelled(), if !shutdown_seen => {
+            _ = &mut cancelled, if !shutdown_seen => {
                 shutdown_seen = true;
                 session.on_shutdown(now());
             }
