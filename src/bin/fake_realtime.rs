@@ -91,6 +91,8 @@ struct Counters {
     appended_bytes: AtomicU64,
     caller_frames_marked: AtomicU64,
     caller_seq_gaps: AtomicU64,
+    caller_first_seq_sum: AtomicU64,
+    caller_last_seq_plus1_sum: AtomicU64,
     agent_frames_sent: AtomicU64,
     responses: AtomicU64,
     responses_cancelled: AtomicU64,
@@ -199,6 +201,8 @@ async fn stats(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         "caller_frames_appended": g(&c.appended_bytes) / FRAME_BYTES as u64,
         "caller_frames_marked": g(&c.caller_frames_marked),
         "caller_seq_gaps": g(&c.caller_seq_gaps),
+        "caller_frames_missing_at_start": g(&c.caller_first_seq_sum),
+        "caller_frames_through_last": g(&c.caller_last_seq_plus1_sum),
         "agent_frames_sent": g(&c.agent_frames_sent),
         "responses": g(&c.responses),
         "responses_cancelled": g(&c.responses_cancelled),
@@ -218,12 +222,15 @@ async fn upgrade(State(s): State<Arc<Shared>>, headers: HeaderMap, ws: WebSocket
             return (StatusCode::UNAUTHORIZED, "bad key").into_response();
         }
     }
-    ws.max_message_size(16 << 20).on_upgrade(move |socket| async move {
-        s.c.connections.fetch_add(1, Relaxed);
-        s.c.live.fetch_add(1, Relaxed);
-        Conn::new(s.clone()).run(socket).await;
-        s.c.live.fetch_sub(1, Relaxed);
-    })
+    // Small buffers: tungstenite zero-fills `read_buffer_size` (128 KiB by default) per read.
+    ws.max_message_size(16 << 20).read_buffer_size(8 * 1024).write_buffer_size(8 * 1024).on_upgrade(
+        move |socket| async move {
+            s.c.connections.fetch_add(1, Relaxed);
+            s.c.live.fetch_add(1, Relaxed);
+            Conn::new(s.clone()).run(socket).await;
+            s.c.live.fetch_sub(1, Relaxed);
+        },
+    )
 }
 
 struct Active {
@@ -251,6 +258,14 @@ struct Conn {
     in_speech: bool,
     speech_item: Option<String>,
     last_seq: Option<u32>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(last) = self.last_seq {
+            self.s.c.caller_last_seq_plus1_sum.fetch_add(u64::from(last) + 1, Relaxed);
+        }
+    }
 }
 
 fn new_id(prefix: &str, n: u64) -> String {
@@ -400,6 +415,9 @@ impl Conn {
                     && m.a > last + 1
                 {
                     c.caller_seq_gaps.fetch_add(u64::from(m.a - last - 1), Relaxed);
+                }
+                if self.last_seq.is_none() {
+                    c.caller_first_seq_sum.fetch_add(u64::from(m.a), Relaxed);
                 }
                 self.last_seq = Some(m.a);
                 if m.ts_us >= from && m.ts_us < to {

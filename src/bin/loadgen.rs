@@ -268,6 +268,14 @@ fn authority(url: &str) -> String {
 // ------------------------------------------------------------------------------------------
 // Connect (webhook + upgrade + start)
 
+/// tungstenite zero-fills up to `read_buffer_size` (128 KiB by default) before every socket
+/// read; messages here are < 2 KiB, so a small buffer saves most of the generator's CPU.
+fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(8 * 1024)
+}
+
 async fn connect_call(ctx: &Ctx, idx: usize) -> Result<NewCall, String> {
     let call_sid = format!("CA{}", uuid::Uuid::new_v4().simple());
     let from = format!("+39333{:07}", idx % 10_000_000);
@@ -292,14 +300,16 @@ async fn connect_call(ctx: &Ctx, idx: usize) -> Result<NewCall, String> {
     let url = stream.url.replacen(&ws_public, &ws_target, 1);
     let mut req = url.as_str().into_client_request().map_err(|e| format!("stream url {url}: {e}"))?;
     req.headers_mut().insert("x-twilio-signature", sig.parse().map_err(|_| "signature header")?);
-    let (mut ws, _) =
-        tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async_with_config(req, None, true))
-            .await
-            .map_err(|_| "upgrade timed out".to_string())?
-            .map_err(|e| match e {
-                tokio_tungstenite::tungstenite::Error::Http(r) => format!("upgrade status {}", r.status().as_u16()),
-                e => format!("upgrade: {e}"),
-            })?;
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async_with_config(req, Some(ws_config()), true),
+    )
+    .await
+    .map_err(|_| "upgrade timed out".to_string())?
+    .map_err(|e| match e {
+        tokio_tungstenite::tungstenite::Error::Http(r) => format!("upgrade status {}", r.status().as_u16()),
+        e => format!("upgrade: {e}"),
+    })?;
     let stream_sid = format!("MZ{}", uuid::Uuid::new_v4().simple());
     let custom: serde_json::Map<String, Value> =
         stream.parameters.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
@@ -354,11 +364,13 @@ struct Call {
     barge: Option<PendingBarge>,
     // playback
     busy_until: Instant,
-    marks: VecDeque<(Instant, String)>,
+    /// Pending marks: (due on the playback clock, name, agent bytes received before it).
+    marks: VecDeque<(Instant, String, u64)>,
     // the daemon's lead, mirrored: frames and echoes of the current clear-generation
-    gen_frames: u64,
-    echo_times: VecDeque<u64>,
-    echo_base: u64,
+    /// Agent bytes received in this generation (since the last `clear`).
+    gen_bytes: u64,
+    /// Echoes sent in this generation: (agent bytes they acknowledge, when, µs).
+    acks: VecDeque<(u64, u64)>,
     resp: Option<RespTrack>,
     first_audio: bool,
 }
@@ -466,7 +478,7 @@ async fn shard(ctx: Arc<Ctx>, res: Arc<Results>, mut rx: mpsc::UnboundedReceiver
     let mut live = 0usize;
     let mut tick = tokio::time::interval(Duration::from_millis(2));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let lead_frames = ctx.args.lead_ms / 20;
+    let lead_bytes = ctx.args.lead_ms * 8;
     let barge_first = ctx.args.barge_first_ms / 20;
     let barge_every = (ctx.args.barge_every_ms / 20).max(1);
     let mut out: Vec<Message> = Vec::with_capacity(8);
@@ -475,77 +487,9 @@ async fn shard(ctx: Arc<Ctx>, res: Arc<Results>, mut rx: mpsc::UnboundedReceiver
             break;
         }
         tokio::select! {
+            // The clock first: under load some socket is always readable, and frames must
+            // still leave on time.
             biased;
-            nc = rx.recv(), if rx_open => match nc {
-                Some(nc) => {
-                    let i = calls.len();
-                    let (sink, stream) = nc.ws.split();
-                    let s = stream
-                        .map(move |m| (i, Some(m)))
-                        .chain(futures_util::stream::once(std::future::ready((i, None))));
-                    streams.push(s.boxed());
-                    // Spread the calls' 20 ms phases over the frame period.
-                    let phase = Duration::from_millis(((nc.idx * 7_919) % 20) as u64);
-                    let frame0 = nc.start_sent + phase;
-                    calls.push(Call {
-                        sink,
-                        sid_json: format!("\"{}\"", nc.stream_sid),
-                        seq: 1,
-                        frames_sent: 0,
-                        start_sent: nc.start_sent,
-                        frame0,
-                        end_at: (ctx.t0 + ctx.call_duration).max(nc.start_sent) + Duration::from_secs_f64(nc.idx as f64 / ctx.args.rate),
-                        stop_sent: None,
-                        closed: false,
-                        failed: None,
-                        clip_pos: None,
-                        next_clip_frame: barge_first,
-                        barge: None,
-                        busy_until: nc.start_sent,
-                        marks: VecDeque::new(),
-                        gen_frames: 0,
-                        echo_times: VecDeque::new(),
-                        echo_base: 0,
-                        resp: None,
-                        first_audio: false,
-                    });
-                    live += 1;
-                }
-                None => rx_open = false,
-            },
-            Some((i, msg)) = streams.next(), if !streams.is_empty() => {
-                let call = &mut calls[i];
-                match msg {
-                    Some(Ok(Message::Text(t))) => {
-                        on_text(&ctx, &res, call, t.as_str(), lead_frames, &mut out);
-                        if !out.is_empty() {
-                            for m in out.drain(..) {
-                                let _ = call.sink.feed(m).await;
-                            }
-                            if call.sink.flush().await.is_err() && call.stop_sent.is_none() {
-                                fail(&res, call, "write failed");
-                            }
-                        }
-                    }
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                        if !call.closed {
-                            call.closed = true;
-                            live -= 1;
-                            if call.stop_sent.is_none() {
-                                fail(&res, call, "stream closed by the daemon before stop");
-                            }
-                            call.finish_resp(&res, true);
-                            if call.failed.is_some() {
-                                res.c.calls_failed.fetch_add(1, Relaxed);
-                            } else {
-                                res.c.calls_completed.fetch_add(1, Relaxed);
-                            }
-                            let _ = call.sink.close().await;
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                }
-            }
             _ = tick.tick() => {
                 let now = Instant::now();
                 for call in calls.iter_mut().filter(|c| !c.closed) {
@@ -578,6 +522,75 @@ async fn shard(ctx: Arc<Ctx>, res: Arc<Results>, mut rx: mpsc::UnboundedReceiver
                             fail(&res, call, "write failed");
                         }
                     }
+                }
+            }
+            nc = rx.recv(), if rx_open => match nc {
+                Some(nc) => {
+                    let i = calls.len();
+                    let (sink, stream) = nc.ws.split();
+                    let s = stream
+                        .map(move |m| (i, Some(m)))
+                        .chain(futures_util::stream::once(std::future::ready((i, None))));
+                    streams.push(s.boxed());
+                    // Spread the calls' 20 ms phases over the frame period.
+                    let phase = Duration::from_millis(((nc.idx * 7_919) % 20) as u64);
+                    let frame0 = nc.start_sent + phase;
+                    calls.push(Call {
+                        sink,
+                        sid_json: format!("\"{}\"", nc.stream_sid),
+                        seq: 1,
+                        frames_sent: 0,
+                        start_sent: nc.start_sent,
+                        frame0,
+                        end_at: (ctx.t0 + ctx.call_duration).max(nc.start_sent) + Duration::from_secs_f64(nc.idx as f64 / ctx.args.rate),
+                        stop_sent: None,
+                        closed: false,
+                        failed: None,
+                        clip_pos: None,
+                        next_clip_frame: barge_first,
+                        barge: None,
+                        busy_until: nc.start_sent,
+                        marks: VecDeque::new(),
+                        gen_bytes: 0,
+                        acks: VecDeque::new(),
+                        resp: None,
+                        first_audio: false,
+                    });
+                    live += 1;
+                }
+                None => rx_open = false,
+            },
+            Some((i, msg)) = streams.next(), if !streams.is_empty() => {
+                let call = &mut calls[i];
+                match msg {
+                    Some(Ok(Message::Text(t))) => {
+                        on_text(&ctx, &res, call, t.as_str(), lead_bytes, &mut out);
+                        if !out.is_empty() {
+                            for m in out.drain(..) {
+                                let _ = call.sink.feed(m).await;
+                            }
+                            if call.sink.flush().await.is_err() && call.stop_sent.is_none() {
+                                fail(&res, call, "write failed");
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                        if !call.closed {
+                            call.closed = true;
+                            live -= 1;
+                            if call.stop_sent.is_none() {
+                                fail(&res, call, "stream closed by the daemon before stop");
+                            }
+                            call.finish_resp(&res, true);
+                            if call.failed.is_some() {
+                                res.c.calls_failed.fetch_add(1, Relaxed);
+                            } else {
+                                res.c.calls_completed.fetch_add(1, Relaxed);
+                            }
+                            let _ = call.sink.close().await;
+                        }
+                    }
+                    Some(Ok(_)) => {}
                 }
             }
         }
@@ -633,10 +646,10 @@ fn tick_call(ctx: &Ctx, res: &Results, call: &mut Call, now: Instant, barge_ever
         }
     }
     // Marks whose audio has played.
-    while call.marks.front().is_some_and(|(due, _)| *due <= now) {
-        if let Some((_, name)) = call.marks.pop_front() {
+    while call.marks.front().is_some_and(|(due, _, _)| *due <= now) {
+        if let Some((_, name, acked)) = call.marks.pop_front() {
             out.push(call.mark_echo(&name));
-            call.echo_times.push_back(now_us());
+            call.acks.push_back((acked, now_us()));
             res.c.marks_echoed.fetch_add(1, Relaxed);
         }
     }
@@ -651,7 +664,7 @@ fn tick_call(ctx: &Ctx, res: &Results, call: &mut Call, now: Instant, barge_ever
     }
 }
 
-fn on_text(ctx: &Ctx, res: &Results, call: &mut Call, text: &str, lead_frames: u64, out: &mut Vec<Message>) {
+fn on_text(ctx: &Ctx, res: &Results, call: &mut Call, text: &str, lead_bytes: u64, out: &mut Vec<Message>) {
     let now = Instant::now();
     let arrival_us = now_us();
     match str_field(text, "event") {
@@ -674,19 +687,20 @@ fn on_text(ctx: &Ctx, res: &Results, call: &mut Call, text: &str, lead_frames: u
             }
             let start = call.busy_until.max(now);
             call.busy_until = start + Duration::from_micros(bytes as u64 * 125);
-            call.gen_frames += 1;
-            let n = call.gen_frames;
-            // The n-th frame of a generation may leave the daemon once echo n-lead has arrived.
+            // The daemon sends a frame while (bytes sent - bytes acknowledged by echoed marks)
+            // < lead. So this frame could leave once an echo acknowledging more than
+            // `sent_before - lead` had arrived: the earliest such echo we sent is its release.
+            let sent_before = call.gen_bytes;
+            call.gen_bytes += bytes as u64;
             let mut release = 0;
-            if n > lead_frames {
-                let want = n - lead_frames - 1;
-                while call.echo_base < want && !call.echo_times.is_empty() {
-                    call.echo_times.pop_front();
-                    call.echo_base += 1;
+            if sent_before >= lead_bytes {
+                let need = sent_before - lead_bytes;
+                while call.acks.front().is_some_and(|&(a, _)| a <= need) {
+                    call.acks.pop_front();
                 }
-                match call.echo_times.front() {
-                    Some(&t) if call.echo_base == want => release = t,
-                    _ => {
+                match call.acks.front() {
+                    Some(&(_, t)) => release = t,
+                    None => {
                         res.c.agent_lead_exceeded.fetch_add(1, Relaxed);
                     }
                 }
@@ -719,23 +733,22 @@ fn on_text(ctx: &Ctx, res: &Results, call: &mut Call, text: &str, lead_frames: u
             let name = str_field(text, "name").unwrap_or("").to_string();
             if call.busy_until <= now {
                 out.push(call.mark_echo(&name));
-                call.echo_times.push_back(arrival_us);
+                call.acks.push_back((call.gen_bytes, arrival_us));
                 res.c.marks_echoed.fetch_add(1, Relaxed);
             } else {
-                call.marks.push_back((call.busy_until, name));
+                call.marks.push_back((call.busy_until, name, call.gen_bytes));
             }
         }
         Some("clear") => {
             res.c.clears.fetch_add(1, Relaxed);
             call.busy_until = now;
             let pending: Vec<_> = call.marks.drain(..).collect();
-            for (_, name) in pending {
+            for (_, name, _) in pending {
                 out.push(call.mark_echo(&name));
                 res.c.marks_echoed.fetch_add(1, Relaxed);
             }
-            call.gen_frames = 0;
-            call.echo_times.clear();
-            call.echo_base = 0;
+            call.gen_bytes = 0;
+            call.acks.clear();
             if let Some(r) = call.resp.as_mut() {
                 r.cleared = true;
             }
@@ -766,6 +779,7 @@ struct CpuSnap {
     daemon: Option<f64>,
     fake: Option<f64>,
     gen_: Option<f64>,
+    host: Option<(f64, f64, f64)>,
     at: Option<Instant>,
 }
 
@@ -774,6 +788,7 @@ fn snap(daemon: Option<&str>, fake: Option<&str>) -> CpuSnap {
         daemon: daemon.and_then(proc_cpu_secs),
         fake: fake.and_then(proc_cpu_secs),
         gen_: proc_cpu_secs("self"),
+        host: common::host_cpu_secs(),
         at: Some(Instant::now()),
     }
 }
@@ -981,6 +996,16 @@ async fn drive(args: &Args, target: &str, fake: Option<&str>, procs: &Procs) -> 
     let daemon_cpu = share(cpu_a.daemon, cpu_b.daemon);
     let gen_cpu = share(cpu_a.gen_, cpu_b.gen_);
     let fake_cpu = share(cpu_a.fake, cpu_b.fake);
+    let host = |f: fn(&(f64, f64, f64)) -> f64| share(cpu_a.host.as_ref().map(f), cpu_b.host.as_ref().map(f));
+    let host_busy = host(|h| h.0);
+    let host_nice = host(|h| h.1);
+    let host_softirq = host(|h| h.2);
+    let others = match (host_busy, daemon_cpu, gen_cpu, fake_cpu, host_softirq) {
+        (Some(h), Some(d), Some(g), Some(f), Some(si)) => {
+            Some(((h - d - g - f - si).max(0.0) * 1000.0).round() / 1000.0)
+        }
+        _ => None,
+    };
     let rss_avg_kib =
         if rss_samples.is_empty() { None } else { Some(rss_samples.iter().sum::<u64>() / rss_samples.len() as u64) };
     let per_call = |v: Option<u64>| match (v, rss_idle_kib) {
@@ -1021,6 +1046,8 @@ async fn drive(args: &Args, target: &str, fake: Option<&str>, procs: &Procs) -> 
             "caller_appended_at_fake": caller_appended,
             "caller_lost": caller_lost,
             "caller_seq_gaps_at_fake": fake_stats["caller_seq_gaps"],
+            "caller_lost_at_stream_start": fake_stats["caller_frames_missing_at_start"],
+            "caller_lost_at_stream_end": fake_stats["caller_frames_through_last"].as_u64().map(|t| caller_sent.saturating_sub(t)),
             "caller_sent_in_window": g(&c.caller_frames_sent_window),
             "agent_generated_at_fake": agent_generated,
             "agent_received": agent_received,
@@ -1062,6 +1089,13 @@ async fn drive(args: &Args, target: &str, fake: Option<&str>, procs: &Procs) -> 
             "rss_per_call_avg_kib": per_call(rss_avg_kib),
         },
         "fake_realtime": {"cpu_cores": fake_cpu, "stats": fake_stats},
+        "host": {
+            "cores": std::thread::available_parallelism().map(|n| n.get()).ok(),
+            "busy_cores": host_busy,
+            "softirq_cores": host_softirq,
+            "niced_cores": host_nice,
+            "other_processes_cores": others,
+        },
         "generator": {
             "cpu_cores": gen_cpu,
             "threads": args.threads,
@@ -1070,9 +1104,33 @@ async fn drive(args: &Args, target: &str, fake: Option<&str>, procs: &Procs) -> 
             "bottleneck": gen_bottleneck,
         },
         "window_s": wall,
+        "build": build_info(args, procs.daemon.is_some()),
         "ok": ok,
     });
     Ok((summary, ok))
+}
+
+/// Which daemon was measured: binary path and mtime, and the git state of the working tree.
+fn build_info(args: &Args, spawned: bool) -> Value {
+    let git = |a: &[&str]| {
+        std::process::Command::new("git")
+            .args(a)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let mtime = std::fs::metadata(&args.daemon_bin)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
+    json!({
+        "daemon_bin": if spawned { Some(args.daemon_bin.display().to_string()) } else { None },
+        "daemon_bin_mtime_unix": if spawned { mtime } else { None },
+        "repo_git_head_at_run": git(&["rev-parse", "--short", "HEAD"]),
+        "repo_git_dirty_files_at_run": git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| s.lines().count()),
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).ok(),
+    })
 }
 
 fn human(s: &Value) -> String {
@@ -1094,7 +1152,8 @@ fn human(s: &Value) -> String {
          first greeting audio after start: p50 {} / p99 {} ms\n\
          daemon: CPU {} cores, RSS peak {} KiB (idle {}), {} KiB/call\n\
          generator: CPU {} cores, send lateness p99 {} ms{}\n\
-         fake-realtime: CPU {} cores",
+         fake-realtime: CPU {} cores\n\
+         host (/proc/stat, approximate): {} of {} cores busy ({} softirq, {} other processes)",
         s["calls"],
         s["steady_s"],
         s["window_s"].as_f64().unwrap_or(0.0),
@@ -1130,11 +1189,15 @@ fn human(s: &Value) -> String {
         gen_["cpu_cores"],
         gen_["send_lateness_ms"]["p99"],
         if gen_["bottleneck"] == true {
-            "  ** GENERATOR WAS THE BOTTLENECK: figures are not the daemon's **"
+            "  ** generator lagging (frames > 5 ms late, or CPU-bound): delays include the generator's own **"
         } else {
             ""
         },
         s["fake_realtime"]["cpu_cores"],
+        s["host"]["busy_cores"],
+        s["host"]["cores"],
+        s["host"]["softirq_cores"],
+        s["host"]["other_processes_cores"],
     );
     out.push_str(if s["ok"] == true { "\nresult: OK" } else { "\nresult: NOT OK (failed calls or lost frames)" });
     out
