@@ -8,11 +8,12 @@ pub mod sink;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message as TwMessage, WebSocket};
 use dashmap::DashMap;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as RtMessage;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -351,28 +352,34 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
 
         // Handle whatever else is already waiting on either socket before writing, so a
         // burst costs one flush per socket instead of one per message (bounded for fairness).
-        for _ in 0..BATCH_MAX {
-            let mut progressed = false;
-            if !session.is_ended()
-                && let Some(msg) = tw.next().now_or_never()
-            {
-                last_twilio = Instant::now();
-                on_twilio_msg(&rt, &mut session, now(), msg);
-                progressed = true;
-            }
-            if up_readable
-                && let Some(ws) = up.as_mut()
-                && let Some(msg) = ws.next().now_or_never()
-            {
-                if !on_realtime_msg(&mut session, now(), msg) {
-                    up_readable = false;
+        // Polled with this task's own waker: a no-op waker would be swapped in and out of
+        // each socket's registration on every message.
+        std::future::poll_fn(|cx| {
+            for _ in 0..BATCH_MAX {
+                let mut progressed = false;
+                if !session.is_ended()
+                    && let Poll::Ready(msg) = tw.poll_next_unpin(cx)
+                {
+                    last_twilio = Instant::now();
+                    on_twilio_msg(&rt, &mut session, now(), msg);
+                    progressed = true;
                 }
-                progressed = true;
+                if up_readable
+                    && let Some(ws) = up.as_mut()
+                    && let Poll::Ready(msg) = ws.poll_next_unpin(cx)
+                {
+                    if !on_realtime_msg(&mut session, now(), msg) {
+                        up_readable = false;
+                    }
+                    progressed = true;
+                }
+                if !progressed {
+                    break;
+                }
             }
-            if !progressed {
-                break;
-            }
-        }
+            Poll::Ready(())
+        })
+        .await;
 
         // Drain outputs: feed everything, then one flush per socket.
         let mut tw_dirty = false;
@@ -399,8 +406,8 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                 Output::CloseRealtime => {
                     connecting = None;
                     up_readable = false;
-                    if let Some(mut ws) = up.take() {
-                        within(ws.close(None)).await;
+                    if let Some(ws) = up.take() {
+                        close_upstream(&rt, ws);
                     }
                 }
                 Output::Hangup => hangup = true,
@@ -426,8 +433,8 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
 
     // 4. Close and record, exactly once.
     within(tw.close()).await;
-    if let Some(mut ws) = up.take() {
-        within(ws.close(None)).await;
+    if let Some(ws) = up.take() {
+        close_upstream(&rt, ws);
     }
     let record = session.into_record(now());
     rt.metrics.sync_call(&mut last_stats, &record.stats);
@@ -450,6 +457,20 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
         "call ended"
     );
     rt.sink.submit(record).await;
+}
+
+/// Closes the upstream socket properly, off the call's path: send the close frame, then read
+/// until the server's close (at most 2 s). Dropping a socket with unread data makes the kernel
+/// send RST, and a RST makes the server discard the caller audio it has not read yet — the
+/// last words before a hang-up.
+fn close_upstream(rt: &CallRuntime, mut ws: RealtimeSocket) {
+    rt.tracker.spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = ws.close(None).await;
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
+    });
 }
 
 /// Messages handled per loop turn beyond the one that woke it.
