@@ -277,3 +277,25 @@ fn check_reports_tenants_and_fails_on_any_problem() {
     assert_eq!(out.status.code(), Some(2));
     assert!(err.contains("SWITCHBOARD_BIND") && err.contains("OPENAI_BASE_URL"), "{err}");
 }
+
+#[test]
+fn a_dotenv_file_in_the_working_directory_is_read() {
+    let cwd = tenants_dir();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("tenants.toml").display().to_string();
+    std::fs::write(
+        cwd.join(".env"),
+        "PUBLIC_BASE_URL=https://from-dotenv.example.com\nTWILIO_AUTH_TOKEN=dotenv-token\nOPENAI_API_KEY=sk-dotenv\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("check")
+        .env_clear()
+        .env("TENANTS_FILE", &shipped)
+        .current_dir(&cwd)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("wss://from-dotenv.example.com/media-stream"), "{stdout}");
+    assert!(!stdout.contains("dotenv-token") && !stdout.contains("sk-dotenv"));
+}
