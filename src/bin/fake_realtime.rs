@@ -38,9 +38,10 @@ use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use clap::Parser;
-use common::{FRAME_BYTES, Hist, Marker, now_us};
+use common::{FRAME_BYTES, Hist, Marker, now_us, str_field};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use switchboard::testkit::ulaw_decode;
 use tokio::time::Instant;
 
 const AGENT_LONG: &[u8] = include_bytes!("../../fixtures/it_agent_long.ulaw");
@@ -111,15 +112,6 @@ struct Shared {
     c: Counters,
     caller_delay: Hist,
     window: (AtomicU64, AtomicU64),
-}
-
-fn ulaw_decode(byte: u8) -> i16 {
-    let u = !byte;
-    let sign = u & 0x80;
-    let exponent = i32::from((u >> 4) & 0x07);
-    let mantissa = i32::from(u & 0x0F);
-    let magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84;
-    (if sign != 0 { -magnitude } else { magnitude }) as i16
 }
 
 fn whole(bytes: &[u8], ms: usize, delta: usize) -> Vec<u8> {
@@ -270,14 +262,6 @@ impl Drop for Conn {
 
 fn new_id(prefix: &str, n: u64) -> String {
     format!("{prefix}_{:08x}{n:06}", now_us() as u32)
-}
-
-/// The string value of `"key":"…"` in a compact JSON text (no escapes inside).
-fn str_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    let pat = format!("\"{key}\":\"");
-    let start = text.find(&pat)? + pat.len();
-    let end = text[start..].find('"')?;
-    Some(&text[start..start + end])
 }
 
 impl Conn {

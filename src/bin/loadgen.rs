@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use clap::Parser;
-use common::{FRAME_BYTES, Hist, Marker, b64_len, http_request, now_us, proc_cpu_secs, proc_status_kib};
+use common::{FRAME_BYTES, Hist, Marker, b64_len, http_request, now_us, proc_cpu_secs, proc_status_kib, str_field};
 use futures_util::stream::{SelectAll, SplitSink};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -413,14 +413,6 @@ fn fail(res: &Results, call: &mut Call, why: &str) {
         call.failed = Some(why.to_string());
         *res.fail_reasons.lock().unwrap_or_else(|e| e.into_inner()).entry(why.to_string()).or_default() += 1;
     }
-}
-
-/// The string value of `"key":"…"` (compact JSON, no escapes inside).
-fn str_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    let pat = format!("\"{key}\":\"");
-    let start = text.find(&pat)? + pat.len();
-    let end = text[start..].find('"')?;
-    Some(&text[start..start + end])
 }
 
 impl Call {

@@ -291,3 +291,12 @@ mod tests {
         assert!(h.quantile(0.99) >= 990);
     }
 }
+
+/// The string value of `"key":"…"` in a compact JSON text (no escapes inside): enough for the
+/// messages these tools exchange, without a JSON parse per frame.
+pub fn str_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let pat = format!("\"{key}\":\"");
+    let start = text.find(&pat)? + pat.len();
+    let end = text[start..].find('"')?;
+    Some(&text[start..start + end])
+}
