@@ -32,6 +32,7 @@ fn session(format: AudioFormat) -> CallSession {
         apology: &[],
         backlog_frames: 50,
         frames_per_mark: switchboard::core::session::DEFAULT_FRAMES_PER_MARK,
+        idle_prompt_ms: 0,
     };
     let mut s = CallSession::new(p, 0, true);
     while s.poll_output().is_some() {}

@@ -15,6 +15,7 @@
 //! api_keys_sha256 = ["<64 hex>"]
 //! audio_format = "pcmu"      # optional: "pcmu" (default) or "pcm24k"
 //! fallback = false           # optional: answers numbers no tenant lists (at most one)
+//! idle_prompt_ms = 10000      # optional: silence before "are you still there?"; 0 = off
 //! [tenants.turn_detection]   # optional: threshold, prefix_padding_ms, silence_duration_ms
 //! [tenants.barge_in]         # optional: enabled, min_speech_ms, vad_mode, playback_lead_ms
 //! ```
@@ -25,7 +26,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::core::domain::tenant::{AudioFormat, BargeIn, Tenant, TenantDirectory, TurnDetection, normalize_e164};
+use crate::core::domain::tenant::{
+    AudioFormat, BargeIn, DEFAULT_IDLE_PROMPT_MS, Tenant, TenantDirectory, TurnDetection, normalize_e164,
+};
 
 /// Voices the Realtime API accepts.
 pub const VOICES: &[&str] = &["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"];
@@ -91,6 +94,7 @@ struct RawTenant {
     fallback: bool,
     turn_detection: Option<RawTurnDetection>,
     barge_in: Option<RawBargeIn>,
+    idle_prompt_ms: Option<i64>,
 }
 
 /// Integers are read as `i64` so out-of-range values (negative ones too) become readable
@@ -274,6 +278,12 @@ fn check_tenant(
         ),
     };
 
+    // 0 turns the idle prompt off; otherwise at least 3 s, so a caller has time to think.
+    let idle_prompt_ms = match raw.idle_prompt_ms {
+        Some(0) => 0,
+        v => ranged("idle_prompt_ms", v, 3000, 300_000, DEFAULT_IDLE_PROMPT_MS, problems),
+    };
+
     Tenant {
         id,
         name,
@@ -289,6 +299,7 @@ fn check_tenant(
         fallback: raw.fallback,
         turn_detection,
         barge_in,
+        idle_prompt_ms,
     }
 }
 
@@ -845,6 +856,16 @@ playback_lead_ms = 2000
     }
 
     #[test]
+    fn idle_prompt_defaults_can_be_tuned_or_turned_off() {
+        let default = load_str(&tenant_toml("a", "+39021111111", "")).unwrap();
+        assert_eq!(default.by_id("a").unwrap().idle_prompt_ms, DEFAULT_IDLE_PROMPT_MS);
+        let off = load_str(&tenant_toml("a", "+39021111111", "idle_prompt_ms = 0")).unwrap();
+        assert_eq!(off.by_id("a").unwrap().idle_prompt_ms, 0);
+        let tuned = load_str(&tenant_toml("a", "+39021111111", "idle_prompt_ms = 15000")).unwrap();
+        assert_eq!(tuned.by_id("a").unwrap().idle_prompt_ms, 15_000);
+    }
+
+    #[test]
     fn tuning_ranges() {
         let cases = [
             ("[tenants.turn_detection]\nthreshold = 1.5", "`turn_detection.threshold` must be in 0..=1 (got 1.5)"),
@@ -871,6 +892,8 @@ playback_lead_ms = 2000
             ("[tenants.barge_in]\nvad_mode = 4", "`barge_in.vad_mode` must be in 0..=3 (got 4)"),
             ("[tenants.barge_in]\nplayback_lead_ms = 59", "`barge_in.playback_lead_ms` must be in 60..=2000"),
             ("[tenants.barge_in]\nplayback_lead_ms = 2001", "`barge_in.playback_lead_ms` must be in 60..=2000"),
+            ("idle_prompt_ms = 2999", "`idle_prompt_ms` must be in 3000..=300000 (got 2999)"),
+            ("idle_prompt_ms = -5", "`idle_prompt_ms` must be in 3000..=300000"),
         ];
         for (extra, needle) in cases {
             assert_problem(&tenant_toml("a", "+39021111111", extra), needle);

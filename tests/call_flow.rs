@@ -400,7 +400,7 @@ async fn health_public_url_and_metrics() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         (v["status"].as_str(), v["tenants"].as_u64(), v["readyForCalls"].as_bool()),
-        (Some("ok"), Some(3), Some(true))
+        (Some("ok"), Some(4), Some(true))
     );
     let (s, body) = h.get("/public-url").await;
     assert_eq!(s, 200);
@@ -460,4 +460,30 @@ async fn dtmf_reaches_the_model_and_the_record() {
     let rec = h.next_record(T).await.unwrap();
     assert_eq!(rec.stats.dtmf_digits, 1);
     assert!(rec.transcript.iter().any(|t| t.speaker == Speaker::Caller && t.text == "[pressed 3]"));
+}
+
+#[tokio::test]
+async fn a_silent_caller_is_prompted_then_the_agent_says_goodbye_and_hangs_up() {
+    let h = Harness::start(FakeScript {
+        greeting_audio: AGENT_LONG[..1_600].to_vec(),
+        reply_audio: AGENT_LONG[1_600..3_200].to_vec(),
+        ..script()
+    })
+    .await;
+    let call = h.call(IDLE_3S).await;
+    // Greeting (0.2 s), 3 s of silence, the prompt (0.2 s), 3 s of silence, the goodbye.
+    assert!(call.wait_closed(Duration::from_secs(20)).await, "the daemon ends the call");
+    let creates: Vec<String> = h
+        .fake
+        .events()
+        .iter()
+        .filter(|e| e.kind() == "response.create")
+        .map(|e| e.event["response"]["instructions"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(creates.len(), 3, "{creates:?}");
+    assert!(creates[1].contains("still on the line") && creates[2].contains("goodbye"), "{creates:?}");
+    assert_eq!(call.received_audio().len(), 1_600 * 3, "greeting, prompt and goodbye were all played");
+    let rec = h.next_record(T).await.unwrap();
+    assert_eq!(rec.end_reason, EndReason::IdleCaller);
+    assert!(rec.duration_ms >= 6_000, "{}", rec.duration_ms);
 }

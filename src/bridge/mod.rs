@@ -279,6 +279,7 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
             apology: apology_ulaw(&tenant.language),
             backlog_frames: rt.config.backlog_frames,
             frames_per_mark: crate::core::session::DEFAULT_FRAMES_PER_MARK,
+            idle_prompt_ms: tenant.idle_prompt_ms,
         },
         now(),
         false,
@@ -347,6 +348,8 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                     warn!(idle_ms = last_twilio.elapsed().as_millis() as u64, "no message from Twilio; ending the call");
                     session.on_twilio_closed(now(), EndReason::StreamClosed);
                 }
+                // The idle-caller check runs on this tick too (it needs no finer clock).
+                session.handle_timeout(now());
             }
         }
 

@@ -21,6 +21,7 @@ pub const KEY: &str = "sk-test-key";
 pub const MARIO: &str = "+39021111111";
 pub const PCM24K: &str = "+39062222222";
 pub const SERVER_VAD_ONLY: &str = "+39063333333";
+pub const IDLE_3S: &str = "+39064444444";
 
 pub const SPEECH_IT: &[u8] = include_bytes!("../../fixtures/it_caller_booking.ulaw");
 pub const AGENT_LONG: &[u8] = include_bytes!("../../fixtures/it_agent_long.ulaw");
@@ -41,6 +42,7 @@ pub fn tenants_dir() -> PathBuf {
         tenant("mario", MARIO, ""),
         tenant("gino24k", PCM24K, "audio_format = \"pcm24k\"\n"),
         tenant("servervad", SERVER_VAD_ONLY, "[tenants.barge_in]\nmin_speech_ms = 2000\n"),
+        tenant("idle", IDLE_3S, "idle_prompt_ms = 3000\n"),
     ]
     .concat();
     std::fs::write(dir.join("tenants.toml"), text).expect("tenants file");

@@ -251,6 +251,15 @@ pub fn proc_status_kib(pid: &str, field: &str) -> Option<u64> {
     status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.split_whitespace().next()?.parse().ok())
 }
 
+/// The string value of `"key":"…"` in a compact JSON text (no escapes inside): enough for the
+/// messages these tools exchange, without a JSON parse per frame.
+pub fn str_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let pat = format!("\"{key}\":\"");
+    let start = text.find(&pat)? + pat.len();
+    let end = text[start..].find('"')?;
+    Some(&text[start..start + end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,13 +299,4 @@ mod tests {
         assert_eq!(h.quantile(1.0), 1000);
         assert!(h.quantile(0.99) >= 990);
     }
-}
-
-/// The string value of `"key":"…"` in a compact JSON text (no escapes inside): enough for the
-/// messages these tools exchange, without a JSON parse per frame.
-pub fn str_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    let pat = format!("\"{key}\":\"");
-    let start = text.find(&pat)? + pat.len();
-    let end = text[start..].find('"')?;
-    Some(&text[start..start + end])
 }

@@ -20,6 +20,8 @@ pub enum EndReason {
     Shutdown,
     /// The stream misbehaved beyond repair (e.g. an oversized message).
     ProtocolError,
+    /// The caller stayed silent through the idle prompt; the agent said goodbye.
+    IdleCaller,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

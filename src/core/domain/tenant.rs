@@ -70,7 +70,13 @@ pub struct Tenant {
     pub fallback: bool,
     pub turn_detection: TurnDetection,
     pub barge_in: BargeIn,
+    /// Caller silence (ms, nothing playing) after which the agent asks whether they are still
+    /// there; after a second one it says goodbye and the call ends. 0 = never.
+    pub idle_prompt_ms: u32,
 }
+
+/// Default for [`Tenant::idle_prompt_ms`].
+pub const DEFAULT_IDLE_PROMPT_MS: u32 = 10_000;
 
 /// All tenants, indexed by dialed number. Immutable; a reload builds a new one.
 #[derive(Debug, Clone, Default)]

@@ -53,6 +53,9 @@ pub struct SessionParams {
     /// Agent frames (20 ms) per mark. Fewer marks mean fewer messages both ways and batched
     /// writes; what the caller heard is interpolated between marks on the playback clock.
     pub frames_per_mark: u32,
+    /// Silence (ms) after which the agent asks whether the caller is still there; after a
+    /// second one it says goodbye and the call ends. 0 = never.
+    pub idle_prompt_ms: u32,
 }
 
 /// 100 ms chunks: five 20 ms frames, then a mark.
@@ -103,6 +106,12 @@ enum Phase {
     Ended,
 }
 
+/// Per-response instructions for the idle prompt and the goodbye after a second silence.
+const IDLE_PROMPT: &str = "The caller has been silent for a while. Ask them briefly, in the language of this call, \
+                           whether they are still on the line.";
+const IDLE_GOODBYE: &str = "The caller is still silent. Say a short, warm goodbye in the language of this call and \
+                            nothing else; the call will then end.";
+
 /// Frames of silence the local VAD tolerates inside one stretch of speech.
 const VAD_HANGOVER_MS: u64 = 60;
 /// Extra time after the apology's nominal length before hanging up anyway.
@@ -150,6 +159,10 @@ pub struct CallSession {
     create_queue: VecDeque<(String, String)>,
     create_seq: u64,
 
+    /// Last sign of life: caller speech, agent audio playing or a response in progress.
+    last_activity: Millis,
+    idle_prompts: u32,
+    goodbye_requested: bool,
     caller_turns: Vec<TranscriptTurn>,
     caller_item_start: HashMap<String, Millis>,
     interruptions: u32,
@@ -214,6 +227,9 @@ impl CallSession {
             last_create: None,
             create_queue: VecDeque::new(),
             create_seq: 0,
+            last_activity: now,
+            idle_prompts: 0,
+            goodbye_requested: false,
             caller_turns: Vec::new(),
             caller_item_start: HashMap::new(),
             interruptions: 0,
@@ -268,11 +284,55 @@ impl CallSession {
         self.upstream != Upstream::Gone
     }
 
+    /// Deadlines and the idle check. The idle check needs no precise wake-up: calling this
+    /// about once a second is enough.
     pub fn handle_timeout(&mut self, now: Millis) {
         if let Phase::Apologizing { deadline } = self.phase
             && now >= deadline
         {
             self.end(now, None);
+        }
+        self.check_idle(now);
+    }
+
+    fn agent_busy(&self) -> bool {
+        self.agent_audio_pending()
+            || self.response_active.is_some()
+            || self.create_in_flight.is_some()
+            || !self.create_queue.is_empty()
+    }
+
+    /// The caller is there: forget any idle prompt.
+    fn caller_active(&mut self, now: Millis) {
+        self.last_activity = now;
+        self.idle_prompts = 0;
+        self.goodbye_requested = false;
+    }
+
+    fn check_idle(&mut self, now: Millis) {
+        if self.phase != Phase::Live || self.upstream != Upstream::Ready || self.p.idle_prompt_ms == 0 {
+            return;
+        }
+        if self.agent_busy() {
+            self.last_activity = now;
+            return;
+        }
+        if self.goodbye_requested {
+            // The goodbye has been said and heard.
+            self.end_reason = Some((EndReason::IdleCaller, None));
+            self.end(now, None);
+            return;
+        }
+        if now.saturating_sub(self.last_activity) < u64::from(self.p.idle_prompt_ms) {
+            return;
+        }
+        self.last_activity = now;
+        self.idle_prompts += 1;
+        if self.idle_prompts == 1 {
+            self.request_response(Some(IDLE_PROMPT));
+        } else {
+            self.goodbye_requested = true;
+            self.request_response(Some(IDLE_GOODBYE));
         }
     }
 
@@ -448,6 +508,7 @@ impl CallSession {
 
     fn track_speech(&mut self, now: Millis, speech: bool, frame_ms: u64) {
         if speech {
+            self.caller_active(now);
             if self.speech_run_ms == 0 {
                 self.speech_onset = Some(now);
             }
@@ -469,6 +530,8 @@ impl CallSession {
     fn on_mark(&mut self, now: Millis, name: &str) {
         match self.outstanding.ack(name, now) {
             Some(acks) => {
+                // The agent was just heard: silence is measured from here.
+                self.last_activity = now;
                 for (tag, end) in acks {
                     self.stats.marks_acked += 1;
                     if let Some(item) = self.items.get_mut(tag) {
@@ -477,6 +540,9 @@ impl CallSession {
                 }
                 self.pump(now);
                 self.maybe_finish_apology(now);
+                if self.goodbye_requested {
+                    self.check_idle(now);
+                }
             }
             None => {
                 // Echo of a cleared generation, or not ours: ignored by design.
@@ -492,6 +558,7 @@ impl CallSession {
             return;
         }
         self.stats.dtmf_digits += 1;
+        self.caller_active(now);
         self.caller_turns.push(caller_turn(now.saturating_sub(self.start), format!("[pressed {digit}]"), None));
         if self.upstream == Upstream::Ready && self.phase == Phase::Live {
             let text = format!("(The caller pressed the key {digit} on their phone keypad.)");
@@ -520,6 +587,7 @@ impl CallSession {
                 self.on_audio_delta(now, &item_id, response_id.as_deref(), &delta)
             }
             ServerEvent::SpeechStarted { item_id, .. } => {
+                self.caller_active(now);
                 if let Some(id) = item_id {
                     self.caller_item_start.insert(id, now.saturating_sub(self.start));
                 }
@@ -532,11 +600,13 @@ impl CallSession {
                 self.push_caller_turn(now, item_id, "(inaudible)".into())
             }
             ServerEvent::ResponseCreated { response_id } => {
+                self.last_activity = now;
                 self.create_in_flight = None;
                 self.response_active = Some(response_id);
                 self.cancel_sent = false;
             }
             ServerEvent::ResponseDone { response_id, usage, .. } => {
+                self.last_activity = now;
                 if let Some(u) = usage {
                     self.usage.add(&u);
                 }

@@ -23,6 +23,7 @@ fn params(format: AudioFormat) -> SessionParams {
         apology: &[0x55; 1600],
         backlog_frames: 3,
         frames_per_mark: 1,
+        idle_prompt_ms: 0,
     }
 }
 
@@ -610,4 +611,80 @@ fn random_and_hostile_input_never_breaks_the_session() {
         }
     }
     assert!(truncates > 20, "the generator must exercise barge-ins, saw {truncates}");
+}
+
+/// Plays one whole response (created, audio, done, every mark echoed) and returns the
+/// `response.create` instructions that were sent before it, if any.
+fn play_response(s: &mut CallSession, now: u64, resp: &str, item: &str) {
+    s.handle_realtime_text(now, &rt(json!({"type":"response.created","response":{"id":resp}})));
+    s.handle_realtime_text(now, &delta(item, resp, &[3; 320]));
+    s.handle_realtime_text(now, &rt(json!({"type":"response.output_audio.done","item_id":item})));
+    s.handle_realtime_text(now, &rt(json!({"type":"response.done","response":{"id":resp,"status":"completed"}})));
+    let out = drain(s);
+    for m in mark_names(&out) {
+        s.handle_twilio_text(now + 40, &mark(&m));
+    }
+}
+
+fn creates(out: &[Output]) -> Vec<String> {
+    out.iter()
+        .map(json_of)
+        .filter(|v| v["type"] == "response.create")
+        .map(|v| v["response"]["instructions"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[test]
+fn a_silent_caller_is_asked_then_told_goodbye_then_the_call_ends() {
+    let mut p = params(AudioFormat::Pcmu);
+    p.idle_prompt_ms = 8_000;
+    let mut s = CallSession::new(p, 0, true);
+    drain(&mut s); // greeting request
+    play_response(&mut s, 100, "r_greet", "i_greet");
+    drain(&mut s);
+    // Not yet: 7.9 s of silence after the greeting was heard.
+    s.handle_timeout(8_000);
+    assert!(creates(&drain(&mut s)).is_empty());
+    s.handle_timeout(8_200);
+    let c = creates(&drain(&mut s));
+    assert_eq!(c.len(), 1);
+    assert!(c[0].contains("still on the line"), "{c:?}");
+    play_response(&mut s, 8_300, "r_idle", "i_idle");
+    drain(&mut s);
+    // Silence again: goodbye, then the call ends once the goodbye has been heard.
+    s.handle_timeout(16_400);
+    let c = creates(&drain(&mut s));
+    assert!(c.len() == 1 && c[0].contains("goodbye"), "{c:?}");
+    assert!(!s.is_ended());
+    play_response(&mut s, 16_500, "r_bye", "i_bye");
+    assert!(drain(&mut s).contains(&Output::Hangup), "hang up right after the goodbye's last mark");
+    let rec = s.into_record(16_600);
+    assert_eq!(rec.end_reason, EndReason::IdleCaller);
+}
+
+#[test]
+fn caller_speech_resets_the_idle_prompt() {
+    let mut p = params(AudioFormat::Pcmu);
+    p.idle_prompt_ms = 8_000;
+    let mut s = CallSession::new(p, 0, true);
+    drain(&mut s);
+    play_response(&mut s, 100, "r_greet", "i_greet");
+    s.handle_timeout(8_200);
+    assert_eq!(creates(&drain(&mut s)).len(), 1, "first prompt");
+    play_response(&mut s, 8_300, "r_idle", "i_idle");
+    drain(&mut s);
+    // The caller answers (server VAD), then is silent again: a first prompt again, no goodbye.
+    s.handle_realtime_text(9_000, &rt(json!({"type":"input_audio_buffer.speech_started","audio_start_ms":1})));
+    s.handle_timeout(16_000);
+    assert!(creates(&drain(&mut s)).is_empty());
+    s.handle_timeout(17_100);
+    let c = creates(&drain(&mut s));
+    assert!(c.len() == 1 && c[0].contains("still on the line"), "{c:?}");
+    // Idle prompts off: never.
+    let mut s = CallSession::new(params(AudioFormat::Pcmu), 0, true);
+    drain(&mut s);
+    play_response(&mut s, 100, "r_greet", "i_greet");
+    s.handle_timeout(1_000_000);
+    assert!(creates(&drain(&mut s)).is_empty());
+    assert!(!s.is_ended());
 }
