@@ -30,6 +30,8 @@ fn session(format: AudioFormat) -> CallSession {
         audio_format: format,
         barge_in: BargeIn { enabled: false, ..BargeIn::default() },
         apology: &[],
+        filler: &[],
+        max_reconnects: 0,
         backlog_frames: 50,
         frames_per_mark: switchboard::core::session::DEFAULT_FRAMES_PER_MARK,
         idle_prompt_ms: 0,

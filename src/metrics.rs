@@ -56,6 +56,7 @@ pub struct Metrics {
     pub calls_ended: AtomicU64,
     pub calls_rejected: AtomicU64,
     pub upstream_failures: AtomicU64,
+    pub reconnects: AtomicU64,
     pub frames_in: AtomicU64,
     pub frames_out: AtomicU64,
     pub frames_dropped: AtomicU64,
@@ -83,6 +84,7 @@ impl Default for Metrics {
             calls_ended: AtomicU64::new(0),
             calls_rejected: AtomicU64::new(0),
             upstream_failures: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
             frames_in: AtomicU64::new(0),
             frames_out: AtomicU64::new(0),
             frames_dropped: AtomicU64::new(0),
@@ -139,6 +141,12 @@ impl Metrics {
             "counter",
             "Calls whose Realtime session failed (the caller heard the apology).",
             &self.upstream_failures,
+        );
+        one(
+            "switchboard_reconnects_total",
+            "counter",
+            "Realtime sessions reopened after dropping mid-call.",
+            &self.reconnects,
         );
         one("switchboard_frames_in_total", "counter", "Caller media frames received from Twilio.", &self.frames_in);
         one("switchboard_frames_out_total", "counter", "Agent media frames sent to Twilio.", &self.frames_out);

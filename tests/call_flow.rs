@@ -376,6 +376,41 @@ async fn upstream_dropped_mid_call_plays_the_apology() {
     assert!(!call.clears().is_empty(), "the greeting still queued was cleared for the apology");
     let rec = h.next_record(T).await.unwrap();
     assert_eq!(rec.end_reason, EndReason::UpstreamFailed);
+    assert_eq!(rec.reconnects.len(), 3, "three reconnects, each dropped again, then the apology");
+}
+
+#[tokio::test]
+async fn a_dropped_upstream_is_restored_and_the_callers_next_words_reach_the_model() {
+    let h = Harness::start(FakeScript {
+        drop_after: Some(Duration::from_millis(1_500)),
+        fault_connections: Some(1),
+        greeting_audio: AGENT_LONG.to_vec(),
+        ..script()
+    })
+    .await;
+    let mut call = h.call(MARIO).await;
+    h.fake.wait_for_connections(2, T).await.expect("a second session is opened");
+    h.fake
+        .wait_for(|ev| ev.iter().any(|e| e.conn == 1 && e.kind() == "conversation.item.create"), T)
+        .await
+        .expect("the new session is seeded");
+    let seed = h.fake.events().into_iter().find(|e| e.conn == 1 && e.kind() == "conversation.item.create").unwrap();
+    assert_eq!(seed.event["item"]["role"], "system");
+    assert!(seed.event["item"]["content"][0]["text"].as_str().unwrap().contains("Agent: "), "{}", seed.event);
+    // The caller heard the filler, not dead air, and the call goes on.
+    assert!(contains_run(&call.received_audio(), &switchboard::core::audio::apology::filler_ulaw("it")[..800]));
+    let at = call.play(SPEECH_IT);
+    call.wait_for(|s| s.caller_audio_ms >= at + 3_600, T).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(contains_run(&h.fake.appended_audio(1), SPEECH_IT), "caller audio reaches the new session");
+    assert!(!call.is_closed());
+    call.stop().await;
+    let rec = h.next_record(T).await.unwrap();
+    assert_eq!(rec.end_reason, EndReason::CallerHangup);
+    assert_eq!(rec.reconnects.len(), 1);
+    assert!(rec.reconnects[0].restored_after_ms.is_some());
+    assert_eq!(h.metric("switchboard_reconnects_total").await, 1);
+    assert!(h.fake.violations().is_empty(), "{:?}", h.fake.violations());
 }
 
 #[tokio::test]

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::Config;
-use crate::core::audio::apology::apology_ulaw;
+use crate::core::audio::apology::{apology_ulaw, filler_ulaw};
 use crate::core::domain::call::{CallStats, EndReason};
 use crate::core::domain::tenant::{Tenant, TenantDirectory};
 use crate::core::realtime::session_config::SessionSpec;
@@ -277,6 +277,8 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
             audio_format: tenant.audio_format,
             barge_in: tenant.barge_in.clone(),
             apology: apology_ulaw(&tenant.language),
+            filler: filler_ulaw(&tenant.language),
+            max_reconnects: MAX_RECONNECTS,
             backlog_frames: rt.config.backlog_frames,
             frames_per_mark: crate::core::session::DEFAULT_FRAMES_PER_MARK,
             idle_prompt_ms: tenant.idle_prompt_ms,
@@ -402,7 +404,7 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                     {
                         up = None;
                         up_readable = false;
-                        session.on_realtime_failed(now(), "upstream write failed");
+                        session.on_realtime_lost(now(), "upstream write failed");
                     }
                     rt_dirty = true;
                 }
@@ -414,6 +416,20 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                     }
                 }
                 Output::Hangup => hangup = true,
+                Output::Reconnect => {
+                    up_readable = false;
+                    if let Some(ws) = up.take() {
+                        close_upstream(&rt, ws);
+                    }
+                    match rt.realtime_settings() {
+                        Some(settings) => {
+                            warn!("realtime session lost; reconnecting");
+                            rt.metrics.reconnects.fetch_add(1, Relaxed);
+                            connecting = Some(Box::pin(reconnect(settings, rt.session_spec(&tenant))));
+                        }
+                        None => session.on_realtime_failed(now(), "OPENAI_API_KEY is not set"),
+                    }
+                }
             }
         }
         if tw_dirty && !within(tw.flush()).await {
@@ -425,7 +441,7 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
         {
             up = None;
             up_readable = false;
-            session.on_realtime_failed(now(), "upstream write failed");
+            session.on_realtime_lost(now(), "upstream write failed");
         }
         handle_notices(&rt, &mut session);
         rt.metrics.sync_call(&mut last_stats, session.stats());
@@ -476,6 +492,37 @@ fn close_upstream(rt: &CallRuntime, mut ws: RealtimeSocket) {
     });
 }
 
+/// Upstream drops a call survives before the apology.
+const MAX_RECONNECTS: u32 = 3;
+/// How long a dropped upstream may take to come back before the apology.
+const RECONNECT_BUDGET: Duration = Duration::from_secs(5);
+
+/// Opens a new session after a drop: attempts with growing pauses (0, 250, 500, 1000 ms…)
+/// within [`RECONNECT_BUDGET`] overall.
+async fn reconnect(settings: RealtimeSettings, spec: SessionSpec) -> Result<RealtimeConn, RealtimeError> {
+    let t0 = Instant::now();
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let left = RECONNECT_BUDGET.saturating_sub(t0.elapsed());
+        if left.is_zero() {
+            return Err(RealtimeError::Timeout(RECONNECT_BUDGET));
+        }
+        let attempt = RealtimeSettings { timeout: left.min(settings.timeout), ..settings.clone() };
+        match realtime::open(&attempt, &spec).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) => {
+                debug!(error = %e, "reconnect attempt failed");
+                let left = RECONNECT_BUDGET.saturating_sub(t0.elapsed());
+                if left <= pause {
+                    return Err(e);
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
 /// Messages handled per loop turn beyond the one that woke it.
 const BATCH_MAX: usize = 32;
 
@@ -524,7 +571,7 @@ fn on_realtime_msg(
             if !session.is_ended() {
                 warn!(reason = %why, "realtime session ended mid-call");
             }
-            session.on_realtime_failed(now, &why);
+            session.on_realtime_lost(now, &why);
             false
         }
         Some(Ok(_)) => true,
@@ -532,11 +579,11 @@ fn on_realtime_msg(
             if !session.is_ended() {
                 warn!(error = %e, "realtime socket failed mid-call");
             }
-            session.on_realtime_failed(now, &format!("upstream error: {e}"));
+            session.on_realtime_lost(now, &format!("upstream error: {e}"));
             false
         }
         None => {
-            session.on_realtime_failed(now, "upstream closed");
+            session.on_realtime_lost(now, "upstream closed");
             false
         }
     }

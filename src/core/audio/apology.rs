@@ -1,4 +1,5 @@
-//! Pre-recorded apology played to the caller when the AI upstream fails.
+//! Pre-recorded apology played to the caller when the AI upstream fails, and the short filler
+//! said while a dropped upstream session is being restored.
 //!
 //! When the Realtime session dies there is nothing left to generate speech, so the message
 //! is rendered ahead of time (fixtures/make_fixtures.sh) and compiled into the binary: it
@@ -15,19 +16,41 @@ static EN: &[u8] = include_bytes!("apology/en.ulaw");
 /// Languages without a recording fall back to English, because saying something the caller
 /// may understand beats dead air.
 pub fn apology_ulaw(language: &str) -> &'static [u8] {
+    pick(language, [IT, FR, EN])
+}
+
+static FILLER_IT: &[u8] = include_bytes!("apology/filler_it.ulaw");
+static FILLER_FR: &[u8] = include_bytes!("apology/filler_fr.ulaw");
+static FILLER_EN: &[u8] = include_bytes!("apology/filler_en.ulaw");
+
+/// "One moment, please" (mu-law, 8 kHz, mono), same language rules as [`apology_ulaw`].
+pub fn filler_ulaw(language: &str) -> &'static [u8] {
+    pick(language, [FILLER_IT, FILLER_FR, FILLER_EN])
+}
+
+fn pick(language: &str, [it, fr, en]: [&'static [u8]; 3]) -> &'static [u8] {
     let primary = language.trim().split(['-', '_']).next().unwrap_or_default();
     if primary.eq_ignore_ascii_case("it") {
-        IT
+        it
     } else if primary.eq_ignore_ascii_case("fr") {
-        FR
+        fr
     } else {
-        EN
+        en
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fillers_are_short() {
+        for lang in ["it", "fr", "en"] {
+            let secs = filler_ulaw(lang).len() as f64 / 8000.0;
+            assert!((0.5..=2.5).contains(&secs), "{lang}: {secs:.2} s");
+        }
+        assert_ne!(filler_ulaw("it"), filler_ulaw("fr"));
+    }
 
     #[test]
     fn each_language_lasts_between_2_and_10_seconds() {

@@ -100,4 +100,18 @@ pub struct CallRecord {
     pub agent_talk_ms: u64,
     pub usage: Usage,
     pub stats: CallStats,
+    /// Each time the upstream dropped mid-call and a new session was opened.
+    #[serde(default)]
+    pub reconnects: Vec<ReconnectRecord>,
+}
+
+/// One upstream drop during a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconnectRecord {
+    /// Call-relative ms of the drop.
+    pub at_ms: u64,
+    pub reason: String,
+    /// How long until the new session was ready; `None` if it never was.
+    pub restored_after_ms: Option<u64>,
 }

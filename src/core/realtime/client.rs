@@ -33,6 +33,12 @@ pub fn response_create(event_id: &str, instructions: Option<&str>) -> String {
     .to_string()
 }
 
+/// A system text item, e.g. the conversation so far for a new session.
+pub fn system_text_item(text: &str) -> String {
+    json!({"type":"conversation.item.create","item":{"type":"message","role":"system","content":[{"type":"input_text","text":text}]}})
+        .to_string()
+}
+
 /// A user text item, e.g. to tell the model that the caller pressed a key.
 pub fn user_text_item(text: &str) -> String {
     json!({"type":"conversation.item.create","item":{"type":"message","role":"user","content":[{"type":"input_text","text":text}]}})

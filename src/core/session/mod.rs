@@ -19,7 +19,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use crate::core::audio::framing::{FRAME_BYTES, FrameQueue};
 use crate::core::audio::resample::{Downsampler, Upsampler};
 use crate::core::audio::{mulaw, vad::FrameVad};
-use crate::core::domain::call::{CallRecord, CallStats, EndReason, Speaker, TranscriptTurn};
+use crate::core::domain::call::{CallRecord, CallStats, EndReason, ReconnectRecord, Speaker, TranscriptTurn};
 use crate::core::domain::tenant::{AudioFormat, BargeIn};
 use crate::core::realtime::client;
 use crate::core::realtime::server::{ServerEvent, Usage};
@@ -48,6 +48,10 @@ pub struct SessionParams {
     pub barge_in: BargeIn,
     /// Pre-rendered mu-law apology played when the upstream fails.
     pub apology: &'static [u8],
+    /// Pre-rendered "one moment, please" said while a dropped upstream is being restored.
+    pub filler: &'static [u8],
+    /// Upstream drops survived per call before giving up with the apology.
+    pub max_reconnects: u32,
     /// Caller frames kept while the upstream is not ready yet (50 = 1 s).
     pub backlog_frames: usize,
     /// Agent frames (20 ms) per mark. Fewer marks mean fewer messages both ways and batched
@@ -72,6 +76,9 @@ pub enum Output {
     CloseRealtime,
     /// Close the Twilio stream (the TwiML after `<Connect>` hangs up).
     Hangup,
+    /// The upstream dropped: open and configure a new Realtime session (bounded backoff),
+    /// then call `on_realtime_ready`, or `on_realtime_failed` if it cannot be restored.
+    Reconnect,
 }
 
 /// Something worth counting or logging that happened inside the session.
@@ -93,6 +100,8 @@ pub enum BargeInSource {
 enum Upstream {
     Pending,
     Ready,
+    /// Dropped mid-call; a new session is being opened. Caller audio is buffered meanwhile.
+    Reconnecting,
     Gone,
 }
 
@@ -111,6 +120,12 @@ const IDLE_PROMPT: &str = "The caller has been silent for a while. Ask them brie
                            whether they are still on the line.";
 const IDLE_GOODBYE: &str = "The caller is still silent. Say a short, warm goodbye in the language of this call and \
                             nothing else; the call will then end.";
+
+/// After a reconnect: the agent says it is back and carries on.
+const RESUME: &str = "You were briefly cut off. In one short sentence in the language of this call, say you are \
+                      back, then continue where the conversation left off.";
+/// Turns replayed as text into a new session.
+const SEED_TURNS: usize = 16;
 
 /// Frames of silence the local VAD tolerates inside one stretch of speech.
 const VAD_HANGOVER_MS: u64 = 60;
@@ -161,6 +176,7 @@ pub struct CallSession {
 
     /// Last sign of life: caller speech, agent audio playing or a response in progress.
     last_activity: Millis,
+    reconnects: Vec<ReconnectRecord>,
     idle_prompts: u32,
     goodbye_requested: bool,
     caller_turns: Vec<TranscriptTurn>,
@@ -228,6 +244,7 @@ impl CallSession {
             create_queue: VecDeque::new(),
             create_seq: 0,
             last_activity: now,
+            reconnects: Vec::new(),
             idle_prompts: 0,
             goodbye_requested: false,
             caller_turns: Vec::new(),
@@ -340,8 +357,13 @@ impl CallSession {
 
     /// The Realtime session is open and its `session.updated` checked: relay, then greet.
     pub fn on_realtime_ready(&mut self, now: Millis) {
-        if self.upstream != Upstream::Pending || self.phase != Phase::Live {
+        if self.phase != Phase::Live {
             return;
+        }
+        match self.upstream {
+            Upstream::Pending => {}
+            Upstream::Reconnecting => return self.on_realtime_restored(now),
+            Upstream::Ready | Upstream::Gone => return,
         }
         self.upstream = Upstream::Ready;
         while let Some(m) = self.backlog.pop_front() {
@@ -353,6 +375,95 @@ impl CallSession {
             self.request_response(Some(&instructions));
         }
         let _ = now;
+    }
+
+    /// The upstream dropped mid-call (closed, errored, expired). Within the reconnect budget:
+    /// stop the lost response's audio, say the filler, ask the bridge for a new session and
+    /// buffer the caller meanwhile. Beyond it: the apology.
+    pub fn on_realtime_lost(&mut self, now: Millis, detail: &str) {
+        if self.phase != Phase::Live || matches!(self.upstream, Upstream::Gone | Upstream::Reconnecting) {
+            return;
+        }
+        if self.upstream == Upstream::Pending || self.reconnects.len() as u32 >= self.p.max_reconnects {
+            return self.on_realtime_failed(now, detail);
+        }
+        self.reconnects.push(ReconnectRecord {
+            at_ms: now.saturating_sub(self.start),
+            reason: detail.to_owned(),
+            restored_after_ms: None,
+        });
+        self.upstream = Upstream::Reconnecting;
+        // Whatever the lost session was saying is gone: record what was heard, stop playing it.
+        if self.agent_audio_pending() {
+            for (idx, item) in self.items.iter_mut().enumerate() {
+                if let Some(pos) = self.outstanding.playing_position(idx, now) {
+                    item.heard_bytes = item.heard_bytes.max(pos);
+                }
+                if item.kind == ItemKind::Agent && item.heard_bytes < item.generated_bytes {
+                    item.cut = true;
+                    item.interrupted = true;
+                }
+            }
+            self.clear_playback();
+        }
+        self.response_active = None;
+        self.cancel_sent = false;
+        self.create_in_flight = None;
+        self.last_create = None;
+        self.create_queue.clear();
+        self.play_prerecorded(now, "switchboard-filler", self.p.filler);
+        self.out.push_back(Output::Reconnect);
+    }
+
+    /// A new session replaced the dropped one: seed it with the conversation so far, let the
+    /// caller's buffered audio through, and have the agent pick up where it was.
+    fn on_realtime_restored(&mut self, now: Millis) {
+        self.upstream = Upstream::Ready;
+        if let Some(r) = self.reconnects.last_mut() {
+            r.restored_after_ms = Some(now.saturating_sub(self.start).saturating_sub(r.at_ms));
+        }
+        let seed = self.conversation_so_far();
+        if !seed.is_empty() {
+            self.out.push_back(Output::Realtime(client::system_text_item(&seed)));
+        }
+        while let Some(m) = self.backlog.pop_front() {
+            self.out.push_back(Output::Realtime(m));
+        }
+        self.request_response(Some(RESUME));
+    }
+
+    /// The last turns as plain text, for seeding a new session.
+    fn conversation_so_far(&self) -> String {
+        let mut turns: Vec<TranscriptTurn> = self.caller_turns.clone();
+        turns.extend(self.items.iter().filter(|i| i.kind == ItemKind::Agent).filter_map(|i| i.turn()));
+        turns.sort_by_key(|t| t.start_ms);
+        let lines: Vec<String> = turns
+            .iter()
+            .rev()
+            .take(SEED_TURNS)
+            .rev()
+            .filter(|t| !t.text.is_empty())
+            .map(|t| format!("{}: {}", if t.speaker == Speaker::Caller { "Caller" } else { "Agent" }, t.text))
+            .collect();
+        if lines.is_empty() {
+            return String::new();
+        }
+        format!(
+            "The connection to you was briefly interrupted; the call goes on. The conversation so far \
+             (the agent's lines are what the caller actually heard):\n{}",
+            lines.join("\n")
+        )
+    }
+
+    /// Queues pre-rendered audio (apology, filler) as its own item and starts playing it.
+    fn play_prerecorded(&mut self, now: Millis, id: &str, audio: &'static [u8]) {
+        let idx = self.items.len();
+        let mut item = AgentItem::new(id.into(), None, ItemKind::Apology, now.saturating_sub(self.start));
+        item.generated_bytes = audio.len() as u64;
+        item.generation_done = true;
+        self.items.push(item);
+        self.held.push(idx, audio);
+        self.pump(now);
     }
 
     /// The Realtime session could not be opened, was misconfigured, or dropped: apologise in
@@ -373,16 +484,9 @@ impl CallSession {
         self.response_active = None;
         self.create_queue.clear();
         self.create_in_flight = None;
-        let idx = self.items.len();
-        let mut item =
-            AgentItem::new("switchboard-apology".into(), None, ItemKind::Apology, now.saturating_sub(self.start));
-        item.generated_bytes = self.p.apology.len() as u64;
-        item.generation_done = true;
-        self.items.push(item);
-        self.held.push(idx, self.p.apology);
         let dur = self.p.apology.len() as u64 / 8;
         self.phase = Phase::Apologizing { deadline: now + dur + APOLOGY_SLACK_MS };
-        self.pump(now);
+        self.play_prerecorded(now, "switchboard-apology", self.p.apology);
     }
 
     // ------------------------------------------------------------------ Twilio side
@@ -495,7 +599,7 @@ impl CallSession {
         };
         match self.upstream {
             Upstream::Ready => self.out.push_back(Output::Realtime(msg)),
-            Upstream::Pending => {
+            Upstream::Pending | Upstream::Reconnecting => {
                 if self.backlog.len() >= self.p.backlog_frames.max(1) {
                     self.backlog.pop_front();
                     self.stats.frames_dropped += 1;
@@ -662,8 +766,9 @@ impl CallSession {
                 let fatal = err.is_fatal();
                 self.notices.push(Notice::UpstreamError { code: err.code.clone(), message: err.message.clone() });
                 if fatal {
+                    // e.g. `session_expired` at the 60-minute limit: a new session carries on.
                     let detail = format!("realtime error {}", err.code.as_deref().unwrap_or("unknown"));
-                    self.on_realtime_failed(now, &detail);
+                    self.on_realtime_lost(now, &detail);
                 }
             }
             ServerEvent::SessionCreated
@@ -987,6 +1092,7 @@ impl CallSession {
             agent_talk_ms,
             usage: self.usage,
             stats: self.stats,
+            reconnects: self.reconnects,
         }
     }
 }

@@ -21,6 +21,8 @@ fn params(format: AudioFormat) -> SessionParams {
         audio_format: format,
         barge_in: BargeIn::default(),
         apology: &[0x55; 1600],
+        filler: &[0x66; 800],
+        max_reconnects: 0,
         backlog_frames: 3,
         frames_per_mark: 1,
         idle_prompt_ms: 0,
@@ -529,6 +531,7 @@ fn random_and_hostile_input_never_breaks_the_session() {
         let format = if seed % 3 == 0 { AudioFormat::Pcm24k } else { AudioFormat::Pcmu };
         let mut p = params(format);
         p.frames_per_mark = 1 + (seed % 5) as u32;
+        p.max_reconnects = (seed % 3) as u32;
         let mut s = CallSession::new(p, 0, seed % 2 == 0);
         let mut now = 0u64;
         let mut marks: Vec<String> = Vec::new();
@@ -569,6 +572,7 @@ fn random_and_hostile_input_never_breaks_the_session() {
                 12 => s.handle_timeout(now),
                 13 => s.handle_realtime_text(now, &rt(json!({"type":"conversation.item.input_audio_transcription.completed","item_id":"u","transcript":"ciao"}))),
                 14 if r.below(40) == 0 => s.on_realtime_failed(now, "random failure"),
+                14 if r.below(20) == 0 => s.on_realtime_lost(now, "random drop"),
                 _ => s.handle_realtime_text(now, &rt(json!({"type":"response.output_audio_transcript.done","item_id":item,"transcript":"parole parole"}))),
             }
             while let Some(o) = s.poll_output() {
@@ -594,7 +598,7 @@ fn random_and_hostile_input_never_breaks_the_session() {
                             truncates += 1;
                         }
                     }
-                    Output::CloseRealtime | Output::Hangup => {}
+                    Output::CloseRealtime | Output::Hangup | Output::Reconnect => {}
                 }
             }
             if s.is_finished() {
@@ -687,4 +691,46 @@ fn caller_speech_resets_the_idle_prompt() {
     s.handle_timeout(1_000_000);
     assert!(creates(&drain(&mut s)).is_empty());
     assert!(!s.is_ended());
+}
+
+#[test]
+fn a_dropped_upstream_is_restored_with_a_filler_and_the_conversation_so_far() {
+    let mut p = params(AudioFormat::Pcmu);
+    p.max_reconnects = 1;
+    let mut s = CallSession::new(p, 0, true);
+    drain(&mut s);
+    s.handle_realtime_text(10, &rt(json!({"type":"response.created","response":{"id":"r1"}})));
+    s.handle_realtime_text(11, &delta("a1", "r1", &[0x11; 1600]));
+    s.handle_realtime_text(12, &rt(json!({"type":"response.output_audio_transcript.done","item_id":"a1","transcript":"Buongiorno, come posso aiutarla?"})));
+    s.handle_realtime_text(13, &rt(json!({"type":"conversation.item.input_audio_transcription.completed","item_id":"u0","transcript":"Vorrei prenotare."})));
+    let out = drain(&mut s);
+    for m in &mark_names(&out)[..5] {
+        s.handle_twilio_text(100, &mark(m));
+    }
+    drain(&mut s);
+    s.on_realtime_lost(120, "upstream closed (1006 )");
+    let out = drain(&mut s);
+    assert!(!out.contains(&Output::CloseRealtime) && !out.contains(&Output::Hangup), "the call goes on: {out:?}");
+    assert_eq!(json_of(&out[0])["event"], "clear", "the lost response stops playing");
+    assert_eq!(twilio_payloads(&out).concat(), vec![0x66; 800], "then the filler plays");
+    assert_eq!(out.last(), Some(&Output::Reconnect));
+    // The caller keeps talking meanwhile: buffered, not lost.
+    s.handle_twilio_text(200, &media(&[0xF3; 160], 200));
+    assert!(drain(&mut s).iter().all(|o| !matches!(o, Output::Realtime(_))));
+    s.on_realtime_ready(600);
+    let v: Vec<Value> = drain(&mut s).iter().map(json_of).collect();
+    assert_eq!(v[0]["item"]["role"], "system");
+    let seed = v[0]["item"]["content"][0]["text"].as_str().unwrap();
+    assert!(seed.contains("Caller: Vorrei prenotare.") && seed.contains("Agent: Buongiorno"), "{seed}");
+    assert_eq!(v[1]["type"], "input_audio_buffer.append", "buffered caller audio follows");
+    assert_eq!(v[2]["type"], "response.create");
+    // A second drop is over the budget: apology, then hang up.
+    s.on_realtime_lost(900, "again");
+    let out = drain(&mut s);
+    assert_eq!(out[0], Output::CloseRealtime);
+    let rec = s.into_record(1000);
+    assert_eq!(rec.reconnects.len(), 1);
+    assert_eq!(rec.reconnects[0].at_ms, 120);
+    assert_eq!(rec.reconnects[0].restored_after_ms, Some(480));
+    assert_eq!(rec.end_reason, EndReason::UpstreamFailed);
 }
