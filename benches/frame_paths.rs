@@ -32,6 +32,7 @@ fn session(format: AudioFormat) -> CallSession {
         apology: &[],
         filler: &[],
         max_reconnects: 0,
+        rotate_after_ms: 0,
         backlog_frames: 50,
         frames_per_mark: switchboard::core::session::DEFAULT_FRAMES_PER_MARK,
         idle_prompt_ms: 0,

@@ -54,6 +54,9 @@ pub struct Config {
     pub stream_start_timeout: Duration,
     /// Caller audio kept while the upstream is not ready (frames of 20 ms).
     pub backlog_frames: usize,
+    /// Age at which a Realtime session is replaced between two turns (the server ends sessions
+    /// at 60 minutes); zero turns it off.
+    pub session_rotate_after: Duration,
     pub log_json: bool,
 }
 
@@ -134,6 +137,7 @@ impl Config {
         let stream_start_timeout =
             Duration::from_millis(num("SWITCHBOARD_STREAM_START_TIMEOUT_MS", 10_000, 100, 120_000));
         let backlog_frames = num("SWITCHBOARD_BACKLOG_FRAMES", 50, 1, 3000) as usize;
+        let session_rotate_after = Duration::from_secs(num("SWITCHBOARD_SESSION_ROTATE_SECS", 55 * 60, 0, 59 * 60));
 
         let smtp_url = get("SMTP_URL");
         if let Some(u) = &smtp_url
@@ -173,6 +177,7 @@ impl Config {
             max_stream_message_bytes,
             stream_start_timeout,
             backlog_frames,
+            session_rotate_after,
             log_json,
         })
     }

@@ -57,6 +57,7 @@ pub struct Metrics {
     pub calls_rejected: AtomicU64,
     pub upstream_failures: AtomicU64,
     pub reconnects: AtomicU64,
+    pub rotations: AtomicU64,
     pub frames_in: AtomicU64,
     pub frames_out: AtomicU64,
     pub frames_dropped: AtomicU64,
@@ -85,6 +86,7 @@ impl Default for Metrics {
             calls_rejected: AtomicU64::new(0),
             upstream_failures: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            rotations: AtomicU64::new(0),
             frames_in: AtomicU64::new(0),
             frames_out: AtomicU64::new(0),
             frames_dropped: AtomicU64::new(0),
@@ -147,6 +149,12 @@ impl Metrics {
             "counter",
             "Realtime sessions reopened after dropping mid-call.",
             &self.reconnects,
+        );
+        one(
+            "switchboard_rotations_total",
+            "counter",
+            "Realtime sessions replaced between two turns before their time limit.",
+            &self.rotations,
         );
         one("switchboard_frames_in_total", "counter", "Caller media frames received from Twilio.", &self.frames_in);
         one("switchboard_frames_out_total", "counter", "Agent media frames sent to Twilio.", &self.frames_out);

@@ -522,3 +522,36 @@ async fn a_silent_caller_is_prompted_then_the_agent_says_goodbye_and_hangs_up() 
     assert_eq!(rec.end_reason, EndReason::IdleCaller);
     assert!(rec.duration_ms >= 6_000, "{}", rec.duration_ms);
 }
+
+#[tokio::test]
+async fn an_old_session_is_replaced_between_turns_without_the_caller_noticing() {
+    let h = Harness::start_with(
+        FakeScript { greeting_audio: AGENT_LONG[..4_000].to_vec(), ..script() },
+        None,
+        &[("SWITCHBOARD_SESSION_ROTATE_SECS", "2")],
+    )
+    .await;
+    let mut call = h.call(MARIO).await;
+    h.fake.wait_for_connections(2, T).await.expect("a fresh session is opened");
+    h.fake
+        .wait_for(|ev| ev.iter().any(|e| e.conn == 1 && e.kind() == "conversation.item.create"), T)
+        .await
+        .expect("and seeded with the conversation");
+    // No filler, no apology: only the greeting was played.
+    call.wait_for(|s| s.played_ms >= 500, T).await.unwrap();
+    assert_eq!(call.received_audio(), AGENT_LONG[..4_000].to_vec());
+    let at = call.play(SPEECH_IT);
+    call.wait_for(|s| s.caller_audio_ms >= at + 3_600, T).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let n = h.fake.connections();
+    assert!(
+        (0..n).any(|c| contains_run(&h.fake.appended_audio(c), SPEECH_IT)),
+        "the caller's turn reached one session whole"
+    );
+    call.stop().await;
+    let rec = h.next_record(T).await.unwrap();
+    assert!(rec.stats.rotations >= 1, "{:?}", rec.stats);
+    assert!(rec.reconnects.is_empty());
+    assert_eq!(rec.end_reason, EndReason::CallerHangup);
+    assert!(h.fake.violations().is_empty(), "{:?}", h.fake.violations());
+}

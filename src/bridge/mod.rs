@@ -279,6 +279,7 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
             apology: apology_ulaw(&tenant.language),
             filler: filler_ulaw(&tenant.language),
             max_reconnects: MAX_RECONNECTS,
+            rotate_after_ms: rt.config.session_rotate_after.as_millis() as u64,
             backlog_frames: rt.config.backlog_frames,
             frames_per_mark: crate::core::session::DEFAULT_FRAMES_PER_MARK,
             idle_prompt_ms: tenant.idle_prompt_ms,
@@ -288,6 +289,8 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
     );
     let mut up: Option<RealtimeSocket> = None;
     let mut up_readable = false;
+    // A fresh session being opened to replace an old one between two turns.
+    let mut rotation: Option<ConnectFuture> = None;
     let mut last_stats = CallStats::default();
     let mut shutdown_seen = false;
     // One waiter per call on its own child token, created once: re-creating `cancelled()` on
@@ -339,6 +342,28 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                     Err(e) => {
                         warn!(error = %e, "could not open the realtime session");
                         session.on_realtime_failed(now(), &e.to_string());
+                    }
+                }
+            }
+            res = async { rotation.as_mut().expect("guarded by is_some").await }, if rotation.is_some() => {
+                rotation = None;
+                match res {
+                    Ok(conn) => {
+                        let mut fresh = conn.socket;
+                        if up.is_some() && up_readable && session.rotation_ready(now()) {
+                            // Swap before the outputs are drained: the seed goes to the fresh one.
+                            if let Some(old) = up.replace(fresh) {
+                                close_upstream(&rt, old);
+                            }
+                            rt.metrics.rotations.fetch_add(1, Relaxed);
+                            info!("realtime session rotated");
+                        } else {
+                            within(fresh.close(None)).await;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "could not open a fresh realtime session; keeping the current one");
+                        session.rotation_failed(now());
                     }
                 }
             }
@@ -416,6 +441,13 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                     }
                 }
                 Output::Hangup => hangup = true,
+                Output::Rotate => match rt.realtime_settings() {
+                    Some(settings) => {
+                        let spec = rt.session_spec(&tenant);
+                        rotation = Some(Box::pin(async move { realtime::open(&settings, &spec).await }));
+                    }
+                    None => session.rotation_failed(now()),
+                },
                 Output::Reconnect => {
                     up_readable = false;
                     if let Some(ws) = up.take() {

@@ -70,6 +70,8 @@ pub struct CallStats {
     /// Agent audio deltas dropped because their item had been cut by a barge-in.
     pub late_deltas_dropped: u64,
     pub dtmf_digits: u64,
+    /// Realtime sessions replaced between two turns before their time limit.
+    pub rotations: u32,
     /// Start → first greeting audio frame sent to Twilio.
     pub first_audio_ms: Option<u64>,
     /// Speech onset (first VAD speech frame, or server speech_started) → `clear`, per barge-in.

@@ -52,6 +52,9 @@ pub struct SessionParams {
     pub filler: &'static [u8],
     /// Upstream drops survived per call before giving up with the apology.
     pub max_reconnects: u32,
+    /// Age (ms) at which the Realtime session is replaced by a fresh one between two turns,
+    /// ahead of the server's 60-minute limit. 0 = never.
+    pub rotate_after_ms: u64,
     /// Caller frames kept while the upstream is not ready yet (50 = 1 s).
     pub backlog_frames: usize,
     /// Agent frames (20 ms) per mark. Fewer marks mean fewer messages both ways and batched
@@ -79,6 +82,9 @@ pub enum Output {
     /// The upstream dropped: open and configure a new Realtime session (bounded backoff),
     /// then call `on_realtime_ready`, or `on_realtime_failed` if it cannot be restored.
     Reconnect,
+    /// The session is getting old: open a fresh one in the background, then ask
+    /// `rotation_ready` whether to swap it in now.
+    Rotate,
 }
 
 /// Something worth counting or logging that happened inside the session.
@@ -177,6 +183,9 @@ pub struct CallSession {
     /// Last sign of life: caller speech, agent audio playing or a response in progress.
     last_activity: Millis,
     reconnects: Vec<ReconnectRecord>,
+    /// When the current upstream session became ready.
+    upstream_since: Millis,
+    rotating: bool,
     idle_prompts: u32,
     goodbye_requested: bool,
     caller_turns: Vec<TranscriptTurn>,
@@ -245,6 +254,8 @@ impl CallSession {
             create_seq: 0,
             last_activity: now,
             reconnects: Vec::new(),
+            upstream_since: now,
+            rotating: false,
             idle_prompts: 0,
             goodbye_requested: false,
             caller_turns: Vec::new(),
@@ -310,6 +321,7 @@ impl CallSession {
             self.end(now, None);
         }
         self.check_idle(now);
+        self.check_rotation(now);
     }
 
     fn agent_busy(&self) -> bool {
@@ -324,6 +336,49 @@ impl CallSession {
         self.last_activity = now;
         self.idle_prompts = 0;
         self.goodbye_requested = false;
+    }
+
+    /// Between two turns: nothing playing or being generated, and the caller not talking.
+    fn between_turns(&self) -> bool {
+        !self.agent_busy() && self.speech_run_ms == 0
+    }
+
+    fn check_rotation(&mut self, now: Millis) {
+        if self.rotating
+            || self.phase != Phase::Live
+            || self.upstream != Upstream::Ready
+            || self.p.rotate_after_ms == 0
+            || now.saturating_sub(self.upstream_since) < self.p.rotate_after_ms
+            || !self.between_turns()
+        {
+            return;
+        }
+        self.rotating = true;
+        self.out.push_back(Output::Rotate);
+    }
+
+    /// A fresh session is open and configured. Returns true if the bridge must swap it in now
+    /// (then the session seeds it); false if a turn started meanwhile (the bridge closes it and
+    /// the rotation is tried again at the next quiet moment).
+    pub fn rotation_ready(&mut self, now: Millis) -> bool {
+        self.rotating = false;
+        if self.phase != Phase::Live || self.upstream != Upstream::Ready || !self.between_turns() {
+            return false;
+        }
+        self.upstream_since = now;
+        self.stats.rotations += 1;
+        let seed = self.conversation_so_far("You are taking over this ongoing phone call; continue it seamlessly.");
+        if !seed.is_empty() {
+            self.out.push_back(Output::Realtime(client::system_text_item(&seed)));
+        }
+        true
+    }
+
+    /// Opening the fresh session failed; the current one carries on and the rotation is tried
+    /// again in 30 s (the server's own limit still ends in a reconnect if it never succeeds).
+    pub fn rotation_failed(&mut self, now: Millis) {
+        self.rotating = false;
+        self.upstream_since = now.saturating_sub(self.p.rotate_after_ms) + 30_000;
     }
 
     fn check_idle(&mut self, now: Millis) {
@@ -366,6 +421,7 @@ impl CallSession {
             Upstream::Ready | Upstream::Gone => return,
         }
         self.upstream = Upstream::Ready;
+        self.upstream_since = now;
         while let Some(m) = self.backlog.pop_front() {
             self.out.push_back(Output::Realtime(m));
         }
@@ -419,10 +475,12 @@ impl CallSession {
     /// caller's buffered audio through, and have the agent pick up where it was.
     fn on_realtime_restored(&mut self, now: Millis) {
         self.upstream = Upstream::Ready;
+        self.upstream_since = now;
+        self.rotating = false;
         if let Some(r) = self.reconnects.last_mut() {
             r.restored_after_ms = Some(now.saturating_sub(self.start).saturating_sub(r.at_ms));
         }
-        let seed = self.conversation_so_far();
+        let seed = self.conversation_so_far("The connection to you was briefly interrupted; the call goes on.");
         if !seed.is_empty() {
             self.out.push_back(Output::Realtime(client::system_text_item(&seed)));
         }
@@ -433,7 +491,7 @@ impl CallSession {
     }
 
     /// The last turns as plain text, for seeding a new session.
-    fn conversation_so_far(&self) -> String {
+    fn conversation_so_far(&self, preface: &str) -> String {
         let mut turns: Vec<TranscriptTurn> = self.caller_turns.clone();
         turns.extend(self.items.iter().filter(|i| i.kind == ItemKind::Agent).filter_map(|i| i.turn()));
         turns.sort_by_key(|t| t.start_ms);
@@ -449,8 +507,7 @@ impl CallSession {
             return String::new();
         }
         format!(
-            "The connection to you was briefly interrupted; the call goes on. The conversation so far \
-             (the agent's lines are what the caller actually heard):\n{}",
+            "{preface} The conversation so far (the agent's lines are what the caller actually heard):\n{}",
             lines.join("\n")
         )
     }

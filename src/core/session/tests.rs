@@ -23,6 +23,7 @@ fn params(format: AudioFormat) -> SessionParams {
         apology: &[0x55; 1600],
         filler: &[0x66; 800],
         max_reconnects: 0,
+        rotate_after_ms: 0,
         backlog_frames: 3,
         frames_per_mark: 1,
         idle_prompt_ms: 0,
@@ -598,7 +599,7 @@ fn random_and_hostile_input_never_breaks_the_session() {
                             truncates += 1;
                         }
                     }
-                    Output::CloseRealtime | Output::Hangup | Output::Reconnect => {}
+                    Output::CloseRealtime | Output::Hangup | Output::Reconnect | Output::Rotate => {}
                 }
             }
             if s.is_finished() {
@@ -733,4 +734,41 @@ fn a_dropped_upstream_is_restored_with_a_filler_and_the_conversation_so_far() {
     assert_eq!(rec.reconnects[0].at_ms, 120);
     assert_eq!(rec.reconnects[0].restored_after_ms, Some(480));
     assert_eq!(rec.end_reason, EndReason::UpstreamFailed);
+}
+
+#[test]
+fn an_old_session_is_rotated_only_between_turns() {
+    let mut p = params(AudioFormat::Pcmu);
+    p.rotate_after_ms = 5_000;
+    let mut s = CallSession::new(p, 0, true);
+    drain(&mut s);
+    play_response(&mut s, 100, "r_greet", "i_greet");
+    drain(&mut s);
+    s.handle_timeout(4_000);
+    assert!(!drain(&mut s).contains(&Output::Rotate), "not old enough");
+    // Old enough, but the agent is talking: wait.
+    s.handle_realtime_text(5_100, &rt(json!({"type":"response.created","response":{"id":"r2"}})));
+    s.handle_timeout(5_200);
+    assert!(!drain(&mut s).contains(&Output::Rotate), "not during a turn");
+    play_response(&mut s, 5_300, "r2b", "i2");
+    s.handle_realtime_text(5_301, &rt(json!({"type":"response.done","response":{"id":"r2","status":"completed"}})));
+    drain(&mut s);
+    s.handle_timeout(6_000);
+    assert_eq!(drain(&mut s), vec![Output::Rotate]);
+    s.handle_timeout(6_500);
+    assert!(drain(&mut s).is_empty(), "one rotation at a time");
+    s.handle_realtime_text(6_600, &rt(json!({"type":"conversation.item.input_audio_transcription.completed","item_id":"u1","transcript":"Grazie."})));
+    assert!(s.rotation_ready(7_000));
+    let v: Vec<Value> = drain(&mut s).iter().map(json_of).collect();
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0]["item"]["role"], "system");
+    assert!(v[0]["item"]["content"][0]["text"].as_str().unwrap().contains("taking over"));
+    s.handle_timeout(11_000);
+    assert!(drain(&mut s).is_empty(), "the fresh session is young");
+    // A turn starting while the fresh one opens: keep the old one, try again later.
+    s.handle_timeout(12_100);
+    assert_eq!(drain(&mut s), vec![Output::Rotate]);
+    s.handle_realtime_text(12_200, &rt(json!({"type":"response.created","response":{"id":"r3"}})));
+    assert!(!s.rotation_ready(12_300));
+    assert_eq!(s.stats().rotations, 1);
 }
