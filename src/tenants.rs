@@ -27,7 +27,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::core::domain::tenant::{
-    AudioFormat, BargeIn, DEFAULT_IDLE_PROMPT_MS, Tenant, TenantDirectory, TurnDetection, normalize_e164,
+    AudioFormat, BargeIn, BuiltinTool, BusinessInfo, DEFAULT_IDLE_PROMPT_MS, Tenant, TenantDirectory, TurnDetection,
+    normalize_e164,
 };
 
 /// Voices the Realtime API accepts.
@@ -95,6 +96,18 @@ struct RawTenant {
     turn_detection: Option<RawTurnDetection>,
     barge_in: Option<RawBargeIn>,
     idle_prompt_ms: Option<i64>,
+    /// Built-in tools the agent may use (default: all).
+    tools: Option<Vec<String>>,
+    business: Option<RawBusiness>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBusiness {
+    address: Option<String>,
+    hours: Option<String>,
+    highlights: Option<String>,
+    notes: Option<String>,
 }
 
 /// Integers are read as `i64` so out-of-range values (negative ones too) become readable
@@ -284,6 +297,29 @@ fn check_tenant(
         v => ranged("idle_prompt_ms", v, 3000, 300_000, DEFAULT_IDLE_PROMPT_MS, problems),
     };
 
+    let tools = match raw.tools {
+        None => BuiltinTool::ALL.to_vec(),
+        Some(names) => names
+            .iter()
+            .filter_map(|n| {
+                let t = BuiltinTool::from_name(n);
+                if t.is_none() {
+                    let known: Vec<&str> = BuiltinTool::ALL.iter().map(|t| t.name()).collect();
+                    problems.push(format!("unknown tool {n:?} (known: {})", known.join(", ")));
+                }
+                t
+            })
+            .collect(),
+    };
+    let b = raw.business.unwrap_or_default();
+    let clean = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let business = BusinessInfo {
+        address: clean(b.address),
+        hours: clean(b.hours),
+        highlights: clean(b.highlights),
+        notes: clean(b.notes),
+    };
+
     Tenant {
         id,
         name,
@@ -300,6 +336,8 @@ fn check_tenant(
         turn_detection,
         barge_in,
         idle_prompt_ms,
+        tools,
+        business,
     }
 }
 
@@ -853,6 +891,20 @@ playback_lead_ms = 2000
             tenant_toml(id, n, "").replace("api_keys_sha256 = []", &format!("api_keys_sha256 = [\"{KEY}\"]"))
         };
         assert_problem(&(with_key("a", "+39021111111") + &with_key("b", "+39062222222")), "is listed by both a and b");
+    }
+
+    #[test]
+    fn tools_default_to_all_and_unknown_ones_are_problems() {
+        let all = load_str(&tenant_toml("a", "+39021111111", "")).unwrap();
+        assert_eq!(all.by_id("a").unwrap().tools, BuiltinTool::ALL.to_vec());
+        let some = load_str(&tenant_toml("a", "+39021111111", "tools = [\"business_info\"]")).unwrap();
+        assert_eq!(some.by_id("a").unwrap().tools, vec![BuiltinTool::BusinessInfo]);
+        assert_problem(&tenant_toml("a", "+39021111111", "tools = [\"launch\"]"), "unknown tool \"launch\"");
+        let biz =
+            load_str(&tenant_toml("a", "+39021111111", "[tenants.business]\naddress = \" Via Roma 1 \"\nhours = \"\""))
+                .unwrap();
+        let b = &biz.by_id("a").unwrap().business;
+        assert_eq!((b.address.as_deref(), b.hours.as_deref()), (Some("Via Roma 1"), None));
     }
 
     #[test]

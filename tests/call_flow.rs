@@ -555,3 +555,57 @@ async fn an_old_session_is_replaced_between_turns_without_the_caller_noticing() 
     assert_eq!(rec.end_reason, EndReason::CallerHangup);
     assert!(h.fake.violations().is_empty(), "{:?}", h.fake.violations());
 }
+
+#[tokio::test]
+async fn the_model_ends_the_call_after_its_goodbye_has_been_heard() {
+    let h = Harness::start(FakeScript {
+        greeting_audio: AGENT_LONG[..1_600].to_vec(),
+        reply_audio: AGENT_LONG[1_600..9_600].to_vec(),
+        reply_function_call: Some(("end_call".into(), r#"{"reason":"caller said goodbye"}"#.into())),
+        ..script()
+    })
+    .await;
+    let call = h.call(MARIO).await;
+    call.wait_for(|s| s.played_ms >= 200, T).await.unwrap();
+    call.play(SPEECH_IT);
+    assert!(call.wait_closed(Duration::from_secs(20)).await, "the daemon hangs up");
+    // The goodbye (1 s) was played out before the hang-up.
+    assert!(call.stats().played_ms + 40 >= 1_200, "played {} ms", call.stats().played_ms);
+    let output =
+        h.fake.events().into_iter().find(|e| e.event["item"]["type"] == "function_call_output").expect("tool answered");
+    assert!(output.event["item"]["call_id"].as_str().unwrap().starts_with("call_"));
+    let rec = h.next_record(T).await.unwrap();
+    assert_eq!(rec.end_reason, EndReason::AgentEnded);
+}
+
+#[tokio::test]
+async fn business_info_answers_from_tenants_toml_and_the_model_goes_on() {
+    let h = Harness::start(FakeScript {
+        greeting_audio: AGENT_LONG[..1_600].to_vec(),
+        reply_audio: AGENT_LONG[1_600..3_200].to_vec(),
+        reply_function_call: Some(("business_info".into(), "{}".into())),
+        ..script()
+    })
+    .await;
+    let update = {
+        let mut call = h.call(MARIO).await;
+        call.wait_for(|s| s.played_ms >= 200, T).await.unwrap();
+        call.play(SPEECH_IT);
+        h.fake
+            .wait_for(|ev| ev.iter().any(|e| e.event["item"]["type"] == "function_call_output"), T)
+            .await
+            .expect("the tool's answer reaches the model");
+        // …and the model is asked to go on with it.
+        h.fake.wait_for(|ev| ev.iter().filter(|e| e.kind() == "response.create").count() >= 2, T).await.unwrap();
+        call.stop().await;
+        h.fake.events().into_iter().find(|e| e.kind() == "session.update").unwrap()
+    };
+    let names: Vec<&str> =
+        update.event["session"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["end_call", "business_info"]);
+    let out = h.fake.events().into_iter().find(|e| e.event["item"]["type"] == "function_call_output").unwrap();
+    let answer: serde_json::Value = serde_json::from_str(out.event["item"]["output"].as_str().unwrap()).unwrap();
+    assert_eq!(answer["address"], "Via Roma 1, Milano");
+    assert_eq!(answer["opening_hours"], "mar-dom 12-15, 19-23");
+    assert_eq!(h.next_record(T).await.unwrap().end_reason, EndReason::CallerHangup);
+}

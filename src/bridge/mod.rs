@@ -4,6 +4,7 @@
 
 pub mod prewarm;
 pub mod sink;
+pub mod tools;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -291,6 +292,8 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
     let mut up_readable = false;
     // A fresh session being opened to replace an old one between two turns.
     let mut rotation: Option<ConnectFuture> = None;
+    // Results of the tools the model called.
+    let (tool_tx, mut tool_rx) = tokio::sync::mpsc::channel::<tools::ToolResult>(16);
     let mut last_stats = CallStats::default();
     let mut shutdown_seen = false;
     // One waiter per call on its own child token, created once: re-creating `cancelled()` on
@@ -367,6 +370,7 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                     }
                 }
             }
+            Some((call_id, output)) = tool_rx.recv() => session.on_tool_result(now(), &call_id, &output),
             _ = sleep_until_opt(deadline), if deadline.is_some() => session.handle_timeout(now()),
             _ = watchdog.tick() => {
                 // Twilio streams a frame every 20 ms, silence included: a quiet socket is dead
@@ -441,6 +445,9 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                     }
                 }
                 Output::Hangup => hangup = true,
+                Output::RunTool { call_id, name, arguments } => {
+                    tools::spawn(&rt.tracker, Arc::clone(&tenant), call_id, name, arguments, tool_tx.clone());
+                }
                 Output::Rotate => match rt.realtime_settings() {
                     Some(settings) => {
                         let spec = rt.session_spec(&tenant);

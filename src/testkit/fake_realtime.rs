@@ -104,6 +104,9 @@ pub struct FakeScript {
     /// Keep `input_audio_buffer.append` events, their audio, and the server's audio deltas in
     /// the logs. Turn off for long load runs: those events are then only counted.
     pub record_audio: bool,
+    /// The first reply (a response after the greeting) of each connection ends with a call to
+    /// this function: `(name, arguments JSON)`, emitted after its audio as a second output item.
+    pub reply_function_call: Option<(String, String)>,
 }
 
 impl Default for FakeScript {
@@ -132,6 +135,7 @@ impl Default for FakeScript {
             session_limit: Duration::from_secs(60 * 60),
             strict_session: true,
             record_audio: true,
+            reply_function_call: None,
         }
     }
 }
@@ -638,6 +642,8 @@ struct AssistantAudio {
 }
 
 struct Active {
+    /// `(call_id, name, arguments)` emitted after the audio.
+    function_call: Option<(String, String, String)>,
     id: String,
     item_id: String,
     previous_item_id: Value,
@@ -684,6 +690,8 @@ struct Conn {
     assistant: HashMap<String, AssistantAudio>,
     resp: Option<Active>,
     responses: usize,
+    /// The scripted reply function call was already made on this connection.
+    function_called: bool,
     vad: Vad,
     uncommitted_bytes: usize,
     appended_total: u64,
@@ -741,6 +749,7 @@ impl Conn {
             assistant: HashMap::new(),
             resp: None,
             responses: 0,
+            function_called: false,
             vad: Vad {
                 buf: Vec::new(),
                 odd: None,
@@ -1763,7 +1772,14 @@ impl Conn {
         if first {
             delay += self.script.greeting_delay;
         }
+        let function_call = if first || self.function_called {
+            None
+        } else {
+            self.script.reply_function_call.clone().map(|(name, args)| (new_id("call"), name, args))
+        };
+        self.function_called |= function_call.is_some();
         self.resp = Some(Active {
+            function_call,
             id,
             item_id,
             previous_item_id: prev,
@@ -1856,10 +1872,27 @@ impl Conn {
             Some(reason) => json!({"type": status, "reason": reason}),
             None => Value::Null,
         };
+        let mut output = vec![item];
+        if status == "completed"
+            && let Some((call_id, name, arguments)) = r.function_call.take()
+        {
+            let fc_id = new_id("item");
+            let added = json!({"id": fc_id, "object": "realtime.item", "type": "function_call", "status": "in_progress",
+                "name": name, "call_id": call_id, "arguments": ""});
+            self.emit(
+                json!({"type": "response.output_item.added", "response_id": r.id, "output_index": 1, "item": added}),
+            );
+            self.emit(json!({"type": "response.function_call_arguments.done", "response_id": r.id, "item_id": fc_id,
+                "output_index": 1, "call_id": call_id, "name": name, "arguments": arguments}));
+            let fc = json!({"id": fc_id, "object": "realtime.item", "type": "function_call", "status": "completed",
+                "name": name, "call_id": call_id, "arguments": arguments});
+            self.emit(json!({"type": "response.output_item.done", "response_id": r.id, "output_index": 1, "item": fc}));
+            output.push(fc);
+        }
         let usage = self.usage((r.sent / r.bytes_per_ms) as u64, r.words_sent);
         let shape = json!({"output_modalities": ["audio"], "metadata": r.metadata,
             "audio": {"output": {"format": r.format, "voice": r.voice}}});
-        let done = self.response_object(&r.id, status, details, json!([item]), usage, &shape);
+        let done = self.response_object(&r.id, status, details, json!(output), usage, &shape);
         self.emit(json!({"type": "response.done", "response": done}));
         self.emit(json!({"type": "rate_limits.updated", "rate_limits": [{"name": "tokens", "limit": 40000, "remaining": 38490, "reset_seconds": 2.265}]}));
     }

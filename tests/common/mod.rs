@@ -39,7 +39,11 @@ pub fn tenants_dir() -> PathBuf {
         )
     };
     let text = [
-        tenant("mario", MARIO, ""),
+        tenant(
+            "mario",
+            MARIO,
+            "[tenants.business]\naddress = \"Via Roma 1, Milano\"\nhours = \"mar-dom 12-15, 19-23\"\n",
+        ),
         tenant("gino24k", PCM24K, "audio_format = \"pcm24k\"\n"),
         tenant("servervad", SERVER_VAD_ONLY, "[tenants.barge_in]\nmin_speech_ms = 2000\n"),
         tenant("idle", IDLE_3S, "idle_prompt_ms = 3000\n"),

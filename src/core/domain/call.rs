@@ -22,6 +22,8 @@ pub enum EndReason {
     ProtocolError,
     /// The caller stayed silent through the idle prompt; the agent said goodbye.
     IdleCaller,
+    /// The agent ended the call (`end_call`) after saying goodbye.
+    AgentEnded,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

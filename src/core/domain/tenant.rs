@@ -73,6 +73,43 @@ pub struct Tenant {
     /// Caller silence (ms, nothing playing) after which the agent asks whether they are still
     /// there; after a second one it says goodbye and the call ends. 0 = never.
     pub idle_prompt_ms: u32,
+    /// Built-in tools the agent may use.
+    pub tools: Vec<BuiltinTool>,
+    /// What `business_info` answers.
+    pub business: BusinessInfo,
+}
+
+/// Built-in function tools (names as the model sees them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BuiltinTool {
+    /// Say goodbye, then hang up once the goodbye has been heard.
+    EndCall,
+    /// Opening hours, address, highlights from tenants.toml.
+    BusinessInfo,
+}
+
+impl BuiltinTool {
+    pub const ALL: [BuiltinTool; 2] = [BuiltinTool::EndCall, BuiltinTool::BusinessInfo];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BuiltinTool::EndCall => "end_call",
+            BuiltinTool::BusinessInfo => "business_info",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+}
+
+/// Facts about the business, answered by the `business_info` tool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BusinessInfo {
+    pub address: Option<String>,
+    pub hours: Option<String>,
+    pub highlights: Option<String>,
+    pub notes: Option<String>,
 }
 
 /// Default for [`Tenant::idle_prompt_ms`].

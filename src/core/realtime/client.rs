@@ -33,6 +33,12 @@ pub fn response_create(event_id: &str, instructions: Option<&str>) -> String {
     .to_string()
 }
 
+/// The result of a function call, then the model needs a `response.create` to go on.
+pub fn function_call_output(call_id: &str, output: &str) -> String {
+    json!({"type":"conversation.item.create","item":{"type":"function_call_output","call_id":call_id,"output":output}})
+        .to_string()
+}
+
 /// A system text item, e.g. the conversation so far for a new session.
 pub fn system_text_item(text: &str) -> String {
     json!({"type":"conversation.item.create","item":{"type":"message","role":"system","content":[{"type":"input_text","text":text}]}})

@@ -19,6 +19,8 @@ pub struct SessionSpec {
     /// Let the server cancel a response when the caller starts talking: only when the tenant
     /// allows barge-in, otherwise the model would drop a turn the caller keeps hearing.
     pub interrupt_response: bool,
+    /// Function tools (GA definitions).
+    pub tools: Vec<serde_json::Value>,
 }
 
 impl SessionSpec {
@@ -33,6 +35,7 @@ impl SessionSpec {
             prefix_padding_ms: t.turn_detection.prefix_padding_ms,
             silence_duration_ms: t.turn_detection.silence_duration_ms,
             interrupt_response: t.barge_in.enabled,
+            tools: t.tools.iter().map(|&tool| crate::core::realtime::tools::definition(tool)).collect(),
         }
     }
 
@@ -71,6 +74,7 @@ impl SessionSpec {
                     },
                     "output": {"format": self.format_json(), "voice": self.voice, "speed": 1.0}
                 },
+                "tools": self.tools,
                 "tool_choice": "auto",
                 "max_output_tokens": "inf"
             }
@@ -133,6 +137,7 @@ mod tests {
             prefix_padding_ms: 300,
             silence_duration_ms: 500,
             interrupt_response: true,
+            tools: vec![crate::core::realtime::tools::definition(crate::core::domain::tenant::BuiltinTool::EndCall)],
         }
     }
 

@@ -85,6 +85,9 @@ pub enum Output {
     /// The session is getting old: open a fresh one in the background, then ask
     /// `rotation_ready` whether to swap it in now.
     Rotate,
+    /// Run a tool the model called (with a timeout) and hand the JSON result to
+    /// `on_tool_result`.
+    RunTool { call_id: String, name: String, arguments: String },
 }
 
 /// Something worth counting or logging that happened inside the session.
@@ -126,6 +129,10 @@ const IDLE_PROMPT: &str = "The caller has been silent for a while. Ask them brie
                            whether they are still on the line.";
 const IDLE_GOODBYE: &str = "The caller is still silent. Say a short, warm goodbye in the language of this call and \
                             nothing else; the call will then end.";
+
+/// `end_call` arrived without a spoken goodbye.
+const END_CALL_GOODBYE: &str = "Say a short, warm goodbye to the caller in the language of this call, and nothing \
+                                else; the call then ends.";
 
 /// After a reconnect: the agent says it is back and carries on.
 const RESUME: &str = "You were briefly cut off. In one short sentence in the language of this call, say you are \
@@ -186,6 +193,9 @@ pub struct CallSession {
     /// When the current upstream session became ready.
     upstream_since: Millis,
     rotating: bool,
+    /// `end_call` was called: the goodbye plays without barge-in, then the call ends.
+    ending: bool,
+    ending_goodbye_requested: bool,
     idle_prompts: u32,
     goodbye_requested: bool,
     caller_turns: Vec<TranscriptTurn>,
@@ -256,6 +266,8 @@ impl CallSession {
             reconnects: Vec::new(),
             upstream_since: now,
             rotating: false,
+            ending: false,
+            ending_goodbye_requested: false,
             idle_prompts: 0,
             goodbye_requested: false,
             caller_turns: Vec::new(),
@@ -322,6 +334,35 @@ impl CallSession {
         }
         self.check_idle(now);
         self.check_rotation(now);
+        self.check_ending(now);
+    }
+
+    fn on_function_call(&mut self, now: Millis, call_id: String, name: String, arguments: String) {
+        if name == "end_call" {
+            self.out.push_back(Output::Realtime(client::function_call_output(&call_id, r#"{"ok":true}"#)));
+            self.ending = true;
+            self.check_ending(now);
+        } else {
+            self.out.push_back(Output::RunTool { call_id, name, arguments });
+        }
+    }
+
+    /// A tool's result: give it to the model, which then goes on.
+    pub fn on_tool_result(&mut self, now: Millis, call_id: &str, output: &str) {
+        if self.phase != Phase::Live || self.upstream != Upstream::Ready {
+            return;
+        }
+        self.out.push_back(Output::Realtime(client::function_call_output(call_id, output)));
+        self.request_response(None);
+        self.last_activity = now;
+    }
+
+    /// After `end_call`: hang up once the goodbye has been generated and heard.
+    fn check_ending(&mut self, now: Millis) {
+        if self.ending && self.ending_goodbye_requested && self.phase == Phase::Live && !self.agent_busy() {
+            self.end_reason = Some((EndReason::AgentEnded, None));
+            self.end(now, None);
+        }
     }
 
     fn agent_busy(&self) -> bool {
@@ -704,6 +745,7 @@ impl CallSession {
                 if self.goodbye_requested {
                     self.check_idle(now);
                 }
+                self.check_ending(now);
             }
             None => {
                 // Echo of a cleared generation, or not ours: ignored by design.
@@ -779,8 +821,20 @@ impl CallSession {
                     self.response_active = None;
                 }
                 self.cancel_sent = false;
+                if self.ending && !self.ending_goodbye_requested {
+                    // `end_call` came without a spoken goodbye in its response: ask for one.
+                    let said_something = self
+                        .items
+                        .iter()
+                        .any(|i| i.response_id.as_deref() == Some(&response_id) && i.generated_bytes > 0);
+                    self.ending_goodbye_requested = true;
+                    if !said_something {
+                        self.request_response(Some(END_CALL_GOODBYE));
+                    }
+                }
                 self.next_response();
                 self.pump(now);
+                self.check_ending(now);
             }
             ServerEvent::OutputItemAdded { response_id, item_id, item_type, role } => {
                 if item_type == "message" && role.as_deref().is_none_or(|r| r == "assistant") {
@@ -828,11 +882,13 @@ impl CallSession {
                     self.on_realtime_lost(now, &detail);
                 }
             }
+            ServerEvent::FunctionCallArgumentsDone { call_id, name, arguments, .. } => {
+                self.on_function_call(now, call_id, name, arguments)
+            }
             ServerEvent::SessionCreated
             | ServerEvent::SessionUpdated { .. }
             | ServerEvent::SpeechStopped { .. }
             | ServerEvent::InputCommitted { .. }
-            | ServerEvent::FunctionCallArgumentsDone { .. }
             | ServerEvent::ItemTruncated { .. }
             | ServerEvent::Other(_) => {}
         }
@@ -1011,7 +1067,8 @@ impl CallSession {
 
     /// The caller talks over the agent: `clear`, truncate to what was heard, cancel.
     fn barge_in(&mut self, now: Millis, source: BargeInSource) {
-        if !self.p.barge_in.enabled || self.phase != Phase::Live || !self.agent_audio_pending() {
+        // The goodbye after `end_call` is not interruptible.
+        if !self.p.barge_in.enabled || self.ending || self.phase != Phase::Live || !self.agent_audio_pending() {
             return;
         }
         // Snapshot what was heard before `clear` makes Twilio echo every pending mark: echoed

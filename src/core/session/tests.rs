@@ -599,7 +599,11 @@ fn random_and_hostile_input_never_breaks_the_session() {
                             truncates += 1;
                         }
                     }
-                    Output::CloseRealtime | Output::Hangup | Output::Reconnect | Output::Rotate => {}
+                    Output::CloseRealtime
+                    | Output::Hangup
+                    | Output::Reconnect
+                    | Output::Rotate
+                    | Output::RunTool { .. } => {}
                 }
             }
             if s.is_finished() {
@@ -771,4 +775,69 @@ fn an_old_session_is_rotated_only_between_turns() {
     s.handle_realtime_text(12_200, &rt(json!({"type":"response.created","response":{"id":"r3"}})));
     assert!(!s.rotation_ready(12_300));
     assert_eq!(s.stats().rotations, 1);
+}
+
+fn function_call(name: &str, call_id: &str, resp: &str) -> String {
+    rt(
+        json!({"type":"response.function_call_arguments.done","response_id":resp,"item_id":"fc1","output_index":1,"call_id":call_id,"name":name,"arguments":"{\"reason\":\"done\"}"}),
+    )
+}
+
+#[test]
+fn end_call_lets_the_goodbye_play_uninterrupted_then_hangs_up() {
+    let (mut s, out) = speaking(300); // the goodbye, in the same response as the call
+    s.handle_realtime_text(20, &function_call("end_call", "call_1", "resp_1"));
+    let v: Vec<Value> = drain(&mut s).iter().map(json_of).collect();
+    assert_eq!(v[0]["item"]["type"], "function_call_output");
+    assert_eq!(v[0]["item"]["call_id"], "call_1");
+    s.handle_realtime_text(21, &rt(json!({"type":"response.output_audio.done","item_id":"item_1"})));
+    s.handle_realtime_text(22, &rt(json!({"type":"response.done","response":{"id":"resp_1","status":"completed"}})));
+    let out2 = drain(&mut s);
+    assert!(creates(&out2).is_empty(), "a goodbye was already said: no new response");
+    // The caller talks over the goodbye: no barge-in.
+    s.handle_realtime_text(30, &rt(json!({"type":"input_audio_buffer.speech_started","audio_start_ms":1})));
+    assert!(drain(&mut s).iter().map(json_of).all(|v| v["event"] != "clear"));
+    // Every mark echoed: hang up.
+    let mut names = mark_names(&out);
+    names.extend(mark_names(&out2));
+    for m in names {
+        s.handle_twilio_text(400, &mark(&m));
+    }
+    assert!(drain(&mut s).contains(&Output::Hangup));
+    assert_eq!(s.into_record(500).end_reason, EndReason::AgentEnded);
+}
+
+#[test]
+fn end_call_without_a_spoken_goodbye_asks_for_one() {
+    let mut s = CallSession::new(params(AudioFormat::Pcmu), 0, true);
+    drain(&mut s);
+    s.handle_realtime_text(10, &rt(json!({"type":"response.created","response":{"id":"r1"}})));
+    s.handle_realtime_text(11, &function_call("end_call", "call_9", "r1"));
+    s.handle_realtime_text(12, &rt(json!({"type":"response.done","response":{"id":"r1","status":"completed"}})));
+    let c = creates(&drain(&mut s));
+    assert!(c.len() == 1 && c[0].contains("goodbye"), "{c:?}");
+    assert!(!s.is_ended());
+    play_response(&mut s, 20, "r2", "bye");
+    assert!(drain(&mut s).contains(&Output::Hangup));
+}
+
+#[test]
+fn other_tools_run_in_the_shell_and_their_result_goes_back_to_the_model() {
+    let (mut s, _) = speaking(100);
+    s.handle_realtime_text(20, &function_call("business_info", "call_2", "resp_1"));
+    let out = drain(&mut s);
+    assert_eq!(
+        out,
+        vec![Output::RunTool {
+            call_id: "call_2".into(),
+            name: "business_info".into(),
+            arguments: "{\"reason\":\"done\"}".into()
+        }]
+    );
+    s.on_tool_result(30, "call_2", r#"{"opening_hours":"12-15"}"#);
+    let v: Vec<Value> = drain(&mut s).iter().map(json_of).collect();
+    assert_eq!(v[0]["item"]["output"], r#"{"opening_hours":"12-15"}"#);
+    assert_eq!(v.len(), 1, "the response.create waits for the active response to end");
+    s.handle_realtime_text(40, &rt(json!({"type":"response.done","response":{"id":"resp_1","status":"completed"}})));
+    assert_eq!(creates(&drain(&mut s)).len(), 1);
 }
