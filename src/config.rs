@@ -199,29 +199,25 @@ impl Config {
 
     /// `wss://host/media-stream` (or `ws://` for an `http` base).
     pub fn stream_url(&self) -> Option<String> {
-        let base = self.public_base_url.as_deref()?;
-        let ws = if let Some(rest) = base.strip_prefix("https://") {
-            format!("wss://{rest}")
-        } else {
-            format!("ws://{}", base.strip_prefix("http://").unwrap_or(base))
-        };
-        Some(format!("{ws}/media-stream"))
+        Some(format!("{}/media-stream", websocket_base(self.public_base_url.as_deref()?)))
     }
 
     /// The Realtime WebSocket URL derived from `OPENAI_BASE_URL`.
     pub fn realtime_url(&self) -> String {
-        let base = &self.openai_base_url;
-        let ws = if let Some(rest) = base.strip_prefix("https://") {
-            format!("wss://{rest}")
-        } else {
-            format!("ws://{}", base.strip_prefix("http://").unwrap_or(base))
-        };
-        format!("{ws}/realtime?model={}", self.realtime_model)
+        format!("{}/realtime?model={}", websocket_base(&self.openai_base_url), self.realtime_model)
     }
 
     /// Signatures are enforced (a token is set and the insecure switch is off).
     pub fn verify_signatures(&self) -> bool {
         !self.insecure_skip_signature
+    }
+}
+
+/// `https://…` → `wss://…`, `http://…` → `ws://…`.
+fn websocket_base(base: &str) -> String {
+    match base.strip_prefix("https://") {
+        Some(rest) => format!("wss://{rest}"),
+        None => format!("ws://{}", base.strip_prefix("http://").unwrap_or(base)),
     }
 }
 

@@ -122,7 +122,8 @@ impl CallRuntime {
     }
 }
 
-fn unix_ms() -> u64 {
+/// Wall-clock Unix milliseconds (the shell's clock; the core is given values).
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 

@@ -105,7 +105,7 @@ async fn webhook(
     };
     let stream_url =
         rt.config.stream_url().ok_or_else(|| ApiError::unavailable("not_configured", "PUBLIC_BASE_URL is not set"))?;
-    let issued = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let issued = crate::bridge::unix_ms() / 1000;
     let token = rt
         .config
         .twilio_auth_token

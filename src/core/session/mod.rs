@@ -222,9 +222,8 @@ impl CallSession {
     pub fn new(p: SessionParams, now: Millis, upstream_ready: bool) -> Self {
         let (up, down) = match p.audio_format {
             AudioFormat::Pcmu => (None, None),
-            // The resampler constructors only fail on invalid fixed parameters; fall back to
-            // pass-through would be wrong, so a failure is logged and the format is kept
-            // (frames then go through `pcm_fallback`).
+            // The constructors fail only on invalid fixed parameters (never, with ours); if one
+            // did, that direction would carry no audio rather than wrong-rate audio.
             AudioFormat::Pcm24k => (Upsampler::new().ok(), Downsampler::new().ok()),
         };
         let writer = OutboundWriter::new(&p.stream_sid);
@@ -330,18 +329,18 @@ impl CallSession {
         if let Phase::Apologizing { deadline } = self.phase
             && now >= deadline
         {
-            self.end(now, None);
+            self.end();
         }
         self.check_idle(now);
         self.check_rotation(now);
-        self.check_ending(now);
+        self.check_ending();
     }
 
-    fn on_function_call(&mut self, now: Millis, call_id: String, name: String, arguments: String) {
+    fn on_function_call(&mut self, call_id: String, name: String, arguments: String) {
         if name == "end_call" {
             self.out.push_back(Output::Realtime(client::function_call_output(&call_id, r#"{"ok":true}"#)));
             self.ending = true;
-            self.check_ending(now);
+            self.check_ending();
         } else {
             self.out.push_back(Output::RunTool { call_id, name, arguments });
         }
@@ -358,10 +357,10 @@ impl CallSession {
     }
 
     /// After `end_call`: hang up once the goodbye has been generated and heard.
-    fn check_ending(&mut self, now: Millis) {
+    fn check_ending(&mut self) {
         if self.ending && self.ending_goodbye_requested && self.phase == Phase::Live && !self.agent_busy() {
             self.end_reason = Some((EndReason::AgentEnded, None));
-            self.end(now, None);
+            self.end();
         }
     }
 
@@ -433,7 +432,7 @@ impl CallSession {
         if self.goodbye_requested {
             // The goodbye has been said and heard.
             self.end_reason = Some((EndReason::IdleCaller, None));
-            self.end(now, None);
+            self.end();
             return;
         }
         if now.saturating_sub(self.last_activity) < u64::from(self.p.idle_prompt_ms) {
@@ -471,7 +470,6 @@ impl CallSession {
             let instructions = greeting_instructions(&self.p.greeting);
             self.request_response(Some(&instructions));
         }
-        let _ = now;
     }
 
     /// The upstream dropped mid-call (closed, errored, expired). Within the reconnect budget:
@@ -492,10 +490,8 @@ impl CallSession {
         self.upstream = Upstream::Reconnecting;
         // Whatever the lost session was saying is gone: record what was heard, stop playing it.
         if self.agent_audio_pending() {
-            for (idx, item) in self.items.iter_mut().enumerate() {
-                if let Some(pos) = self.outstanding.playing_position(idx, now) {
-                    item.heard_bytes = item.heard_bytes.max(pos);
-                }
+            self.snapshot_heard(now);
+            for item in self.items.iter_mut() {
                 if item.kind == ItemKind::Agent && item.heard_bytes < item.generated_bytes {
                     item.cut = true;
                     item.interrupted = true;
@@ -503,11 +499,7 @@ impl CallSession {
             }
             self.clear_playback();
         }
-        self.response_active = None;
-        self.cancel_sent = false;
-        self.create_in_flight = None;
-        self.last_create = None;
-        self.create_queue.clear();
+        self.forget_responses();
         self.play_prerecorded(now, "switchboard-filler", self.p.filler);
         self.out.push_back(Output::Reconnect);
     }
@@ -533,9 +525,7 @@ impl CallSession {
 
     /// The last turns as plain text, for seeding a new session.
     fn conversation_so_far(&self, preface: &str) -> String {
-        let mut turns: Vec<TranscriptTurn> = self.caller_turns.clone();
-        turns.extend(self.items.iter().filter(|i| i.kind == ItemKind::Agent).filter_map(|i| i.turn()));
-        turns.sort_by_key(|t| t.start_ms);
+        let turns = self.transcript();
         let lines: Vec<String> = turns
             .iter()
             .rev()
@@ -576,12 +566,10 @@ impl CallSession {
         }
         self.end_reason = Some((EndReason::UpstreamFailed, Some(detail.to_owned())));
         // Stop whatever agent audio is queued; the apology replaces it.
-        if self.outstanding.queued_bytes() > 0 || self.held.held_bytes() > 0 {
+        if self.agent_audio_pending() {
             self.clear_playback();
         }
-        self.response_active = None;
-        self.create_queue.clear();
-        self.create_in_flight = None;
+        self.forget_responses();
         let dur = self.p.apology.len() as u64 / 8;
         self.phase = Phase::Apologizing { deadline: now + dur + APOLOGY_SLACK_MS };
         self.play_prerecorded(now, "switchboard-apology", self.p.apology);
@@ -618,7 +606,7 @@ impl CallSession {
     }
 
     /// The Twilio socket ended (`stop`, close, or error).
-    pub fn on_twilio_closed(&mut self, now: Millis, reason: EndReason) {
+    pub fn on_twilio_closed(&mut self, _now: Millis, reason: EndReason) {
         if self.phase == Phase::Ended {
             return;
         }
@@ -628,27 +616,27 @@ impl CallSession {
                 self.end_reason = Some((reason, None));
             }
         }
-        self.end(now, None);
+        self.end();
     }
 
     /// The daemon is shutting down: end now.
-    pub fn on_shutdown(&mut self, now: Millis) {
+    pub fn on_shutdown(&mut self, _now: Millis) {
         if self.phase == Phase::Ended {
             return;
         }
         if self.end_reason.is_none() {
             self.end_reason = Some((EndReason::Shutdown, None));
         }
-        self.end(now, Some(()));
+        self.end();
     }
 
     /// An oversized or otherwise unusable stream: end it.
-    pub fn on_protocol_error(&mut self, now: Millis, detail: &str) {
+    pub fn on_protocol_error(&mut self, _now: Millis, detail: &str) {
         if self.phase == Phase::Ended {
             return;
         }
         self.end_reason = Some((EndReason::ProtocolError, Some(detail.to_owned())));
-        self.end(now, Some(()));
+        self.end();
     }
 
     fn on_media(&mut self, now: Millis, payload: &str) {
@@ -741,11 +729,11 @@ impl CallSession {
                     }
                 }
                 self.pump(now);
-                self.maybe_finish_apology(now);
+                self.maybe_finish_apology();
                 if self.goodbye_requested {
                     self.check_idle(now);
                 }
-                self.check_ending(now);
+                self.check_ending();
             }
             None => {
                 // Echo of a cleared generation, or not ours: ignored by design.
@@ -834,7 +822,7 @@ impl CallSession {
                 }
                 self.next_response();
                 self.pump(now);
-                self.check_ending(now);
+                self.check_ending();
             }
             ServerEvent::OutputItemAdded { response_id, item_id, item_type, role } => {
                 if item_type == "message" && role.as_deref().is_none_or(|r| r == "assistant") {
@@ -883,7 +871,7 @@ impl CallSession {
                 }
             }
             ServerEvent::FunctionCallArgumentsDone { call_id, name, arguments, .. } => {
-                self.on_function_call(now, call_id, name, arguments)
+                self.on_function_call(call_id, name, arguments)
             }
             ServerEvent::SessionCreated
             | ServerEvent::SessionUpdated { .. }
@@ -1065,19 +1053,33 @@ impl CallSession {
         self.down_carry = None;
     }
 
+    /// Records what each item has been heard up to now: echoed marks, plus the playback clock
+    /// inside the chunk playing now.
+    fn snapshot_heard(&mut self, now: Millis) {
+        for (idx, item) in self.items.iter_mut().enumerate() {
+            if let Some(pos) = self.outstanding.playing_position(idx, now) {
+                item.heard_bytes = item.heard_bytes.max(pos);
+            }
+        }
+    }
+
+    /// The upstream is gone: no response is active, requested or waiting any more.
+    fn forget_responses(&mut self) {
+        self.response_active = None;
+        self.cancel_sent = false;
+        self.create_in_flight = None;
+        self.last_create = None;
+        self.create_queue.clear();
+    }
+
     /// The caller talks over the agent: `clear`, truncate to what was heard, cancel.
     fn barge_in(&mut self, now: Millis, source: BargeInSource) {
         // The goodbye after `end_call` is not interruptible.
         if !self.p.barge_in.enabled || self.ending || self.phase != Phase::Live || !self.agent_audio_pending() {
             return;
         }
-        // Snapshot what was heard before `clear` makes Twilio echo every pending mark: echoed
-        // marks, plus the playback clock inside the chunk playing now.
-        for (idx, item) in self.items.iter_mut().enumerate() {
-            if let Some(pos) = self.outstanding.playing_position(idx, now) {
-                item.heard_bytes = item.heard_bytes.max(pos);
-            }
-        }
+        // Before `clear` makes Twilio echo every pending mark.
+        self.snapshot_heard(now);
         let mut first_end = None;
         let pending: Vec<usize> = self
             .items
@@ -1148,20 +1150,19 @@ impl CallSession {
 
     // ------------------------------------------------------------------ ending
 
-    fn maybe_finish_apology(&mut self, now: Millis) {
+    fn maybe_finish_apology(&mut self) {
         if matches!(self.phase, Phase::Apologizing { .. })
             && self.outstanding.queued_bytes() == 0
             && self.held.held_bytes() == 0
         {
-            self.end(now, None);
+            self.end();
         }
     }
 
-    fn end(&mut self, now: Millis, _shutdown: Option<()>) {
+    fn end(&mut self) {
         if self.phase == Phase::Ended {
             return;
         }
-        let _ = now;
         self.phase = Phase::Ended;
         if self.upstream != Upstream::Gone {
             self.upstream = Upstream::Gone;
@@ -1173,6 +1174,14 @@ impl CallSession {
         self.out.push_back(Output::Hangup);
     }
 
+    /// Caller and agent turns in call order; agent turns hold what the caller heard.
+    fn transcript(&self) -> Vec<TranscriptTurn> {
+        let mut turns = self.caller_turns.clone();
+        turns.extend(self.items.iter().filter(|i| i.kind == ItemKind::Agent).filter_map(AgentItem::turn));
+        turns.sort_by_key(|t| t.start_ms);
+        turns
+    }
+
     /// The call record. Call once, after the session ended (or to force an end).
     pub fn into_record(mut self, now: Millis) -> CallRecord {
         if self.phase != Phase::Ended {
@@ -1180,15 +1189,8 @@ impl CallSession {
         }
         let duration_ms = now.saturating_sub(self.start);
         let (end_reason, end_detail) = self.end_reason.clone().unwrap_or((EndReason::StreamClosed, None));
-        let mut transcript = std::mem::take(&mut self.caller_turns);
-        let mut agent_talk_ms = 0;
-        for item in self.items.iter().filter(|i| i.kind == ItemKind::Agent) {
-            agent_talk_ms += item.heard_ms();
-            if let Some(turn) = item.turn() {
-                transcript.push(turn);
-            }
-        }
-        transcript.sort_by_key(|t| t.start_ms);
+        let transcript = self.transcript();
+        let agent_talk_ms = self.items.iter().filter(|i| i.kind == ItemKind::Agent).map(AgentItem::heard_ms).sum();
         CallRecord {
             tenant_id: self.p.tenant_id.clone(),
             call_sid: self.p.call_sid.clone(),
