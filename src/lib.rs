@@ -18,6 +18,7 @@ pub mod http;
 pub mod metrics;
 pub mod openai;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;
 pub mod tenants;
 pub mod testkit;

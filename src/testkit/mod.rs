@@ -70,6 +70,7 @@
 //! ```
 
 pub mod fake_realtime;
+pub mod pg;
 pub mod twilio_client;
 
 pub use fake_realtime::{FakeRealtime, FakeScript, Handshake, RecordedEvent, TruncateRecord};

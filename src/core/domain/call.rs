@@ -26,6 +26,37 @@ pub enum EndReason {
     AgentEnded,
 }
 
+impl EndReason {
+    /// The wire name (as serialised).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::CallerHangup => "caller_hangup",
+            EndReason::StreamClosed => "stream_closed",
+            EndReason::UpstreamFailed => "upstream_failed",
+            EndReason::Shutdown => "shutdown",
+            EndReason::ProtocolError => "protocol_error",
+            EndReason::IdleCaller => "idle_caller",
+            EndReason::AgentEnded => "agent_ended",
+        }
+    }
+
+    /// The call's outcome as the calls API filters it: `completed` (the conversation ended
+    /// normally), `failed` (the agent could not serve the caller) or `interrupted` (the daemon
+    /// stopped mid-call).
+    pub fn outcome(self) -> &'static str {
+        match self {
+            EndReason::CallerHangup | EndReason::StreamClosed | EndReason::IdleCaller | EndReason::AgentEnded => {
+                "completed"
+            }
+            EndReason::UpstreamFailed | EndReason::ProtocolError => "failed",
+            EndReason::Shutdown => "interrupted",
+        }
+    }
+}
+
+/// Every value [`EndReason::outcome`] can return.
+pub const CALL_OUTCOMES: [&str; 3] = ["completed", "failed", "interrupted"];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Speaker {
@@ -118,4 +149,27 @@ pub struct ReconnectRecord {
     pub reason: String,
     /// How long until the new session was ready; `None` if it never was.
     pub restored_after_ms: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_reason_names_match_serde_and_outcomes_are_known() {
+        for r in [
+            EndReason::CallerHangup,
+            EndReason::StreamClosed,
+            EndReason::UpstreamFailed,
+            EndReason::Shutdown,
+            EndReason::ProtocolError,
+            EndReason::IdleCaller,
+            EndReason::AgentEnded,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), serde_json::Value::from(r.as_str()));
+            assert!(CALL_OUTCOMES.contains(&r.outcome()), "{r:?}");
+        }
+        assert_eq!(EndReason::UpstreamFailed.outcome(), "failed");
+        assert_eq!(EndReason::CallerHangup.outcome(), "completed");
+    }
 }
