@@ -9,18 +9,22 @@ use anyhow::Context as _;
 use axum::serve::ListenerExt as _;
 use dashmap::DashMap;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::bridge::prewarm::Prewarmer;
-use crate::bridge::sink::{CallSink, LogSink};
+use crate::bridge::sink::{CallSink, StoreSink};
 use crate::bridge::{CallRuntime, TenantsHandle};
 use crate::config::Config;
+use crate::http::AppState;
 use crate::metrics::Metrics;
 use crate::shutdown::{self, SignalEvent};
+use crate::store::Store;
 use crate::tenants;
+use crate::worker::{WorkerConfig, Workers};
 
 /// A running daemon.
 pub struct Daemon {
@@ -74,8 +78,13 @@ fn reload(rt: &CallRuntime) -> anyhow::Result<()> {
     }
 }
 
-/// Starts the daemon on `listener`. Calls go to `sink` when they end.
-pub async fn start(config: Config, listener: TcpListener, sink: Arc<dyn CallSink>) -> anyhow::Result<Daemon> {
+/// Starts the daemon on `listener`: opens the database (applying migrations), starts the job
+/// workers and serves. Each finished call is stored; `observer`, if any, also gets it.
+pub async fn start(
+    config: Config,
+    listener: TcpListener,
+    observer: Option<Arc<dyn CallSink>>,
+) -> anyhow::Result<Daemon> {
     let dir = tenants::load(&config.tenants_file)
         .with_context(|| format!("loading tenants from {}", config.tenants_file.display()))?;
     for p in config.call_readiness_problems() {
@@ -86,14 +95,40 @@ pub async fn start(config: Config, listener: TcpListener, sink: Arc<dyn CallSink
             "!!! SWITCHBOARD_INSECURE_SKIP_SIGNATURE=1: Twilio signatures are NOT checked. Anyone can open calls on your bill. Never use this in production. !!!"
         );
     }
+    let store = Store::open(config.database_url.expose(), config.database_max_connections)
+        .await
+        .context("opening the database (DATABASE_URL)")?;
+    info!(backend = ?store.backend(), "database ready");
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::default());
+    let tenants = TenantsHandle::new(dir);
+    let waker = Arc::new(Notify::new());
+    let sink: Arc<dyn CallSink> = Arc::new(StoreSink {
+        store: store.clone(),
+        tenants: tenants.clone(),
+        waker: Arc::clone(&waker),
+        summary_attempts: config.jobs.summary_attempts,
+        observer,
+        metrics: Arc::clone(&metrics),
+    });
+    let workers = Workers::start(
+        store.clone(),
+        crate::worker::registry(&config, &store, &tenants, &metrics)?,
+        WorkerConfig {
+            workers: config.jobs.workers,
+            poll: config.jobs.poll,
+            lease: config.jobs.lease,
+            worker_id: format!("sb-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        },
+        waker,
+        Arc::clone(&metrics),
+    );
     let tracker = TaskTracker::new();
     let calls_cancel = CancellationToken::new();
     let prewarm = Prewarmer::new(config.prewarm_ttl, tracker.clone(), calls_cancel.child_token(), Arc::clone(&metrics));
     let runtime = Arc::new(CallRuntime {
         config: Arc::clone(&config),
-        tenants: TenantsHandle::new(dir),
+        tenants,
         prewarm,
         metrics,
         live: DashMap::new(),
@@ -105,7 +140,7 @@ pub async fn start(config: Config, listener: TcpListener, sink: Arc<dyn CallSink
         streamed: DashMap::new(),
     });
     let addr = listener.local_addr()?;
-    let router = crate::http::router(Arc::clone(&runtime));
+    let router = crate::http::router(AppState { calls: Arc::clone(&runtime), store: store.clone() });
     let drain = CancellationToken::new();
     let server_stop = CancellationToken::new();
     let server = tokio::spawn({
@@ -122,8 +157,11 @@ pub async fn start(config: Config, listener: TcpListener, sink: Arc<dyn CallSink
         async move {
             drain.cancelled().await;
             drain_and_stop(&rt).await;
+            // Calls have handed their records over; let running jobs finish (or give them back).
+            workers.shutdown(rt.config.shutdown_grace.max(Duration::from_secs(5))).await;
             server_stop.cancel();
             server.await.context("http server task")?.context("http server")?;
+            store.close().await;
             info!("stopped");
             Ok(())
         }
@@ -162,7 +200,7 @@ async fn drain_and_stop(rt: &CallRuntime) {
 /// `switchboard serve`: bind, run until SIGTERM/SIGINT, reload tenants on SIGHUP.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.bind).await.with_context(|| format!("binding {}", config.bind))?;
-    let daemon = start(config, listener, Arc::new(LogSink)).await?;
+    let daemon = start(config, listener, None).await?;
     let mut signals = shutdown::listen().context("installing signal handlers")?;
     let drain = daemon.drain.clone();
     let rt = Arc::clone(&daemon.runtime);

@@ -37,11 +37,17 @@ pub struct Config {
     pub realtime_model: String,
     pub transcribe_model: String,
     pub tenants_file: PathBuf,
-    /// Accepted now, used by the after-call work.
-    pub database_url: String,
+    /// `sqlite://…` (default `./data/switchboard.db`) or `postgres://…`. May hold a password.
+    pub database_url: Secret,
+    pub database_max_connections: u32,
     pub smtp_url: Option<Secret>,
-    pub smtp_sender: Option<String>,
+    /// `From:` of the summary emails.
+    pub smtp_sender: String,
+    /// Where emails go as `.eml` files when no SMTP server is configured.
+    pub outbox_dir: PathBuf,
     pub summary_model: String,
+    /// The after-call jobs.
+    pub jobs: JobSettings,
     /// An unclaimed pre-warmed Realtime session is closed after this long.
     pub prewarm_ttl: Duration,
     /// Time allowed to open and configure a Realtime session.
@@ -58,6 +64,24 @@ pub struct Config {
     /// at 60 minutes); zero turns it off.
     pub session_rotate_after: Duration,
     pub log_json: bool,
+}
+
+/// Job queue and retry settings (the after-call work).
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    /// Concurrent jobs in this daemon.
+    pub workers: usize,
+    pub poll: Duration,
+    pub lease: Duration,
+    /// Attempts at a summary before the email goes out without one.
+    pub summary_attempts: u32,
+    pub summary_retry_base: Duration,
+    pub summary_retry_cap: Duration,
+    pub summary_timeout: Duration,
+    /// Attempts at delivering an email; with the defaults they span more than 24 hours.
+    pub email_attempts: u32,
+    pub email_retry_base: Duration,
+    pub email_retry_cap: Duration,
 }
 
 /// Every problem found, one per line.
@@ -138,6 +162,19 @@ impl Config {
             Duration::from_millis(num("SWITCHBOARD_STREAM_START_TIMEOUT_MS", 10_000, 100, 120_000));
         let backlog_frames = num("SWITCHBOARD_BACKLOG_FRAMES", 50, 1, 3000) as usize;
         let session_rotate_after = Duration::from_secs(num("SWITCHBOARD_SESSION_ROTATE_SECS", 55 * 60, 0, 59 * 60));
+        let jobs = JobSettings {
+            workers: num("JOB_WORKERS", 2, 1, 64) as usize,
+            poll: Duration::from_millis(num("JOB_POLL_MS", 2_000, 10, 60_000)),
+            lease: Duration::from_secs(num("JOB_LEASE_SECS", 300, 1, 86_400)),
+            summary_attempts: num("SUMMARY_MAX_ATTEMPTS", 5, 1, 100) as u32,
+            summary_retry_base: Duration::from_millis(num("SUMMARY_RETRY_BASE_MS", 15_000, 1, 3_600_000)),
+            summary_retry_cap: Duration::from_millis(num("SUMMARY_RETRY_CAP_MS", 600_000, 1, 86_400_000)),
+            summary_timeout: Duration::from_secs(num("SUMMARY_TIMEOUT_SECS", 60, 1, 600)),
+            email_attempts: num("EMAIL_MAX_ATTEMPTS", 60, 1, 10_000) as u32,
+            email_retry_base: Duration::from_millis(num("EMAIL_RETRY_BASE_MS", 30_000, 1, 3_600_000)),
+            email_retry_cap: Duration::from_millis(num("EMAIL_RETRY_CAP_MS", 1_800_000, 1, 86_400_000)),
+        };
+        let database_max_connections = num("DATABASE_MAX_CONNECTIONS", 8, 1, 1000) as u32;
 
         let smtp_url = get("SMTP_URL");
         if let Some(u) = &smtp_url
@@ -167,9 +204,12 @@ impl Config {
             realtime_model: get("OPENAI_REALTIME_MODEL").unwrap_or_else(|| "gpt-realtime-1.5".into()),
             transcribe_model: get("OPENAI_TRANSCRIBE_MODEL").unwrap_or_else(|| "gpt-4o-transcribe".into()),
             tenants_file: get("TENANTS_FILE").map(PathBuf::from).unwrap_or_else(|| "./tenants.toml".into()),
-            database_url,
+            database_url: Secret(database_url),
+            database_max_connections,
             smtp_url: smtp_url.map(Secret),
-            smtp_sender: get("SMTP_SENDER"),
+            smtp_sender: get("SMTP_SENDER").unwrap_or_else(|| "Switchboard <switchboard@localhost>".into()),
+            outbox_dir: get("OUTBOX_DIR").map(PathBuf::from).unwrap_or_else(|| "./data/outbox".into()),
+            jobs,
             summary_model: get("OPENAI_SUMMARY_MODEL").unwrap_or_else(|| "gpt-4.1-mini".into()),
             prewarm_ttl,
             realtime_connect_timeout,

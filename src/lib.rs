@@ -22,3 +22,4 @@ pub mod store;
 pub mod telemetry;
 pub mod tenants;
 pub mod testkit;
+pub mod worker;

@@ -72,6 +72,20 @@ pub struct Metrics {
     pub prewarm_expired: AtomicU64,
     pub tenant_reloads: AtomicU64,
     pub tenant_reload_failures: AtomicU64,
+    pub calls_persisted: AtomicU64,
+    pub call_records_duplicate: AtomicU64,
+    pub call_records_unsaved: AtomicU64,
+    pub summaries_ready: AtomicU64,
+    pub summaries_unavailable: AtomicU64,
+    pub summary_attempt_failures: AtomicU64,
+    pub emails_sent: AtomicU64,
+    pub emails_rejected: AtomicU64,
+    pub emails_failed: AtomicU64,
+    pub email_attempt_failures: AtomicU64,
+    pub jobs_completed: AtomicU64,
+    pub jobs_retried: AtomicU64,
+    pub jobs_dead: AtomicU64,
+    pub job_panics: AtomicU64,
     pub barge_in_latency: Histogram,
     pub first_audio_latency: Histogram,
     pub realtime_connect: Histogram,
@@ -101,6 +115,20 @@ impl Default for Metrics {
             prewarm_expired: AtomicU64::new(0),
             tenant_reloads: AtomicU64::new(0),
             tenant_reload_failures: AtomicU64::new(0),
+            calls_persisted: AtomicU64::new(0),
+            call_records_duplicate: AtomicU64::new(0),
+            call_records_unsaved: AtomicU64::new(0),
+            summaries_ready: AtomicU64::new(0),
+            summaries_unavailable: AtomicU64::new(0),
+            summary_attempt_failures: AtomicU64::new(0),
+            emails_sent: AtomicU64::new(0),
+            emails_rejected: AtomicU64::new(0),
+            emails_failed: AtomicU64::new(0),
+            email_attempt_failures: AtomicU64::new(0),
+            jobs_completed: AtomicU64::new(0),
+            jobs_retried: AtomicU64::new(0),
+            jobs_dead: AtomicU64::new(0),
+            job_panics: AtomicU64::new(0),
             barge_in_latency: Histogram::new(LATENCY_MS),
             first_audio_latency: Histogram::new(LATENCY_MS),
             realtime_connect: Histogram::new(LATENCY_MS),
@@ -176,6 +204,80 @@ impl Metrics {
             "counter",
             "Streams closed for an oversized message.",
             &self.oversized_messages,
+        );
+        one(
+            "switchboard_calls_persisted_total",
+            "counter",
+            "Call records written to the database (with their summary job).",
+            &self.calls_persisted,
+        );
+        one(
+            "switchboard_call_records_duplicate_total",
+            "counter",
+            "Records for a CallSid already stored (kept the first).",
+            &self.call_records_duplicate,
+        );
+        one(
+            "switchboard_call_records_unsaved_total",
+            "counter",
+            "Call records the database refused after retries (logged in full).",
+            &self.call_records_unsaved,
+        );
+        one(
+            "switchboard_summaries_ready_total",
+            "counter",
+            "Call summaries written by the model.",
+            &self.summaries_ready,
+        );
+        one(
+            "switchboard_summaries_unavailable_total",
+            "counter",
+            "Calls emailed without a summary (the model stayed unavailable).",
+            &self.summaries_unavailable,
+        );
+        one(
+            "switchboard_summary_attempt_failures_total",
+            "counter",
+            "Failed summary attempts (rate limits, errors, invalid output).",
+            &self.summary_attempt_failures,
+        );
+        one(
+            "switchboard_emails_sent_total",
+            "counter",
+            "Emails accepted by the SMTP server (or written to the file outbox).",
+            &self.emails_sent,
+        );
+        one(
+            "switchboard_emails_rejected_total",
+            "counter",
+            "Emails refused for good by the SMTP server (5xx).",
+            &self.emails_rejected,
+        );
+        one(
+            "switchboard_emails_failed_total",
+            "counter",
+            "Emails given up after retrying past the deadline.",
+            &self.emails_failed,
+        );
+        one(
+            "switchboard_email_attempt_failures_total",
+            "counter",
+            "Delivery attempts that failed and will be retried.",
+            &self.email_attempt_failures,
+        );
+        one("switchboard_jobs_completed_total", "counter", "Jobs finished by this daemon.", &self.jobs_completed);
+        one(
+            "switchboard_jobs_retried_total",
+            "counter",
+            "Job attempts that failed and were rescheduled.",
+            &self.jobs_retried,
+        );
+        one("switchboard_jobs_dead_total", "counter", "Jobs given up (dead) by this daemon.", &self.jobs_dead);
+        one(
+            "switchboard_job_panics_total",
+            "counter",
+            "Job handlers that panicked (caught; counted as a failed attempt).",
+            &self.job_panics,
         );
         one("switchboard_barge_ins_total", "counter", "Times a caller interrupted the agent.", &self.barge_ins);
         one("switchboard_webhooks_total", "counter", "Voice webhooks answered.", &self.webhooks);

@@ -258,9 +258,7 @@ async fn missing_auth_token_refuses_calls_with_503() {
     env.remove("TWILIO_AUTH_TOKEN");
     let config = switchboard::config::Config::from_lookup(|k| env.get(k).cloned()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let d = switchboard::app::start(config, listener, std::sync::Arc::new(switchboard::bridge::sink::LogSink))
-        .await
-        .unwrap();
+    let d = switchboard::app::start(config, listener, None).await.unwrap();
     let (status, _) =
         testkit::post_webhook(&format!("http://{}", d.addr), PUBLIC, None, &[("CallSid", "CA1"), ("To", MARIO)])
             .await

@@ -142,8 +142,8 @@ async fn sigterm_refuses_new_calls_and_lets_the_live_one_finish() {
     call.stop().await;
     let status = p.wait_exit(T).await;
     assert!(status.success(), "{status:?}");
-    let log = p.log_text();
-    assert!(log.contains("call record") && log.contains("caller_hangup"), "{log}");
+    let stored = stored_calls(&dir).await;
+    assert_eq!(stored.iter().map(|c| c.end_reason.as_str()).collect::<Vec<_>>(), ["caller_hangup"]);
 }
 
 #[tokio::test]
@@ -156,8 +156,11 @@ async fn sigterm_ends_calls_still_live_after_the_grace_period() {
     p.signal("-TERM");
     assert!(call.wait_closed(T).await, "the daemon closes the call after the grace period");
     assert!(p.wait_exit(T).await.success());
-    let log = p.log_text();
-    assert!(log.contains(r#"\"endReason\":\"shutdown\""#), "{log}");
+    let stored = stored_calls(&dir).await;
+    assert_eq!(
+        stored.iter().map(|c| (c.end_reason.as_str(), c.status.as_str())).collect::<Vec<_>>(),
+        [("shutdown", "interrupted")]
+    );
 }
 
 #[tokio::test]
@@ -298,4 +301,16 @@ fn a_dotenv_file_in_the_working_directory_is_read() {
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("wss://from-dotenv.example.com/media-stream"), "{stdout}");
     assert!(!stdout.contains("dotenv-token") && !stdout.contains("sk-dotenv"));
+}
+
+/// The calls a stopped daemon stored in its database (beside its tenants file).
+async fn stored_calls(dir: &Path) -> Vec<switchboard::store::CallRow> {
+    let url = format!("sqlite://{}/data/switchboard.db", dir.display());
+    let store = switchboard::store::Store::open(&url, 1).await.expect("the daemon's database");
+    let mut all = Vec::new();
+    for t in ["mario", "gino24k", "servervad", "idle"] {
+        all.extend(store.list_calls(t, &Default::default(), None, 100).await.expect("list").calls);
+    }
+    store.close().await;
+    all
 }

@@ -224,8 +224,12 @@ async fn spawn_daemon(args: &Args, fake: &str) -> anyhow::Result<(tokio::process
         }
         None => (std::process::Stdio::null(), std::process::Stdio::null()),
     };
+    // A fresh database and outbox per run, never the working directory's.
+    let data = std::env::temp_dir().join(format!("switchboard-loadgen-{}-{port}", std::process::id()));
     let mut cmd = tokio::process::Command::new(&args.daemon_bin);
     cmd.arg("serve")
+        .env("DATABASE_URL", format!("sqlite://{}/switchboard.db", data.display()))
+        .env("OUTBOX_DIR", data.join("outbox"))
         .env_remove("PORT")
         .env("SWITCHBOARD_BIND", format!("127.0.0.1:{port}"))
         .env("PUBLIC_BASE_URL", &base)

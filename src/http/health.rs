@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::bridge::CallRuntime;
 use crate::http::error::ApiError;
 
-pub fn router() -> Router<Arc<CallRuntime>> {
+pub fn router() -> Router<super::AppState> {
     Router::new().route("/healthz", get(healthz)).route("/public-url", get(public_url)).route("/metrics", get(metrics))
 }
 

@@ -14,7 +14,7 @@ use crate::bridge::{self, CallRuntime, StreamGuard};
 use crate::http::error::ApiError;
 use crate::http::twiml::check_signature;
 
-pub fn router() -> Router<Arc<CallRuntime>> {
+pub fn router() -> Router<super::AppState> {
     Router::new().route("/media-stream", get(upgrade))
 }
 

@@ -18,7 +18,7 @@ use crate::core::twilio::binding::{ISSUED_PARAM, TOKEN_PARAM, stream_token};
 use crate::core::twilio::{signature, twiml};
 use crate::http::error::ApiError;
 
-pub fn router() -> Router<Arc<CallRuntime>> {
+pub fn router() -> Router<super::AppState> {
     Router::new().route("/twiml", get(webhook).post(webhook))
 }
 

@@ -327,10 +327,10 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        if let Some((email, job)) = email {
-            if self.insert_email_in(&mut tx, email).await? {
-                self.enqueue_in(&mut tx, job, now_ms).await?;
-            }
+        if let Some((email, job)) = email
+            && self.insert_email_in(&mut tx, email).await?
+        {
+            self.enqueue_in(&mut tx, job, now_ms).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -130,11 +130,12 @@ fn prepare_url(url: &str) -> Result<(Backend, String)> {
         None => (rest, None),
     };
     let memory = path == ":memory:" || query.is_some_and(|q| q.contains("mode=memory"));
-    if !memory && !path.is_empty() {
-        if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| StoreError::Config(format!("cannot create {}: {e}", parent.display())))?;
-        }
+    if !memory
+        && !path.is_empty()
+        && let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StoreError::Config(format!("cannot create {}: {e}", parent.display())))?;
     }
     let url = match query {
         Some(q) if q.contains("mode=") => format!("sqlite://{path}?{q}"),

@@ -65,6 +65,10 @@ pub fn env_for(fake_base: &str, tenants_file: &Path, extra: &[(&str, &str)]) -> 
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
     env.insert("TENANTS_FILE".into(), tenants_file.display().to_string());
+    // Each daemon gets its own database and outbox beside its tenants file.
+    let data = tenants_file.parent().unwrap_or(Path::new(".")).join("data");
+    env.insert("DATABASE_URL".into(), format!("sqlite://{}/switchboard.db", data.display()));
+    env.insert("OUTBOX_DIR".into(), data.join("outbox").display().to_string());
     for (k, v) in extra {
         env.insert((*k).to_owned(), (*v).to_owned());
     }
@@ -105,7 +109,7 @@ impl Harness {
         let config = Config::from_lookup(|k| env.get(k).cloned()).expect("valid test config");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let daemon = app::start(config, listener, Arc::new(ChannelSink(tx))).await.expect("daemon starts");
+        let daemon = app::start(config, listener, Some(Arc::new(ChannelSink(tx)))).await.expect("daemon starts");
         let http = format!("http://{}", daemon.addr);
         Harness { daemon, fake, records: Mutex::new(rx), http, dir }
     }
