@@ -26,6 +26,11 @@ pub const IDLE_3S: &str = "+39064444444";
 pub const SPEECH_IT: &[u8] = include_bytes!("../../fixtures/it_caller_booking.ulaw");
 pub const AGENT_LONG: &[u8] = include_bytes!("../../fixtures/it_agent_long.ulaw");
 
+/// The API key of a test tenant (its SHA-256 is in the tenants file).
+pub fn api_key(tenant: &str) -> String {
+    format!("test-api-key-{tenant}")
+}
+
 /// A tenants file for tests: a pcmu tenant, a pcm24k tenant and one that barges in on the
 /// server's VAD only. No fallback: unknown numbers get the apology.
 pub fn tenants_dir() -> PathBuf {
@@ -33,9 +38,11 @@ pub fn tenants_dir() -> PathBuf {
     std::fs::create_dir_all(dir.join("prompts")).expect("temp dir");
     std::fs::write(dir.join("prompts/test.md"), "Sei l'assistente di un ristorante di prova.\n").expect("prompt");
     let tenant = |id: &str, number: &str, extra: &str| {
+        let key = switchboard::http::auth::key_digest(&api_key(id));
         format!(
             "[[tenants]]\nid = \"{id}\"\nname = \"Test {id}\"\nnumbers = [\"{number}\"]\nlanguage = \"it\"\nvoice = \"marin\"\n\
-             prompt_file = \"prompts/test.md\"\ngreeting = \"Pronto, {id}!\"\nsummary_to = []\napi_keys_sha256 = []\n{extra}\n"
+             prompt_file = \"prompts/test.md\"\ngreeting = \"Pronto, {id}!\"\nsummary_to = [\"{id}@owner.test\"]\n\
+             api_keys_sha256 = [\"{key}\"]\n{extra}\n"
         )
     };
     let text = [
