@@ -1,4 +1,5 @@
-//! Domain values: tenants and call records.
+//! Domain values: tenants, call records, the call summary and the after-call email.
 
 pub mod call;
+pub mod summary;
 pub mod tenant;
