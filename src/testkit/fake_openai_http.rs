@@ -65,11 +65,11 @@ impl ChatReply {
     /// 200 cut by the token limit: partial JSON, `finish_reason: "length"`.
     pub fn truncated() -> ChatReply {
         let content = default_summary().to_string();
-        let half = &content[..content.len() / 2];
+        let half: String = content.chars().take(content.chars().count() / 2).collect();
         ChatReply::Status {
             status: 200,
             retry_after: None,
-            body: completion(Some(half), None, "length", "gpt-4.1-mini", 0),
+            body: completion(Some(&half), None, "length", "gpt-4.1-mini", 0),
         }
     }
 }

@@ -611,10 +611,11 @@ fn booking_view(b: &Booking, intent: Intent, t: &'static Labels) -> BookingView 
     BookingView { title, rows }
 }
 
-/// The subject's gist: the booking in numbers when the call was about one, else the model's
-/// few words (or the summary's first sentence), shortened.
+/// The subject's gist: the booking in numbers when the call was about one and gave any, else
+/// the model's few words (or the summary's first sentence), shortened.
 fn gist(s: &CallSummary, t: &Labels) -> String {
-    if let Some(b) = s.booking.as_ref().filter(|_| s.intent.is_about_booking()) {
+    let has_numbers = |b: &&Booking| b.party_size.is_some() || b.time.is_some() || b.date.is_some();
+    if let Some(b) = s.booking.as_ref().filter(|_| s.intent.is_about_booking()).filter(has_numbers) {
         let head = match s.intent {
             Intent::BookingChange => t.booking_head[1],
             Intent::Cancellation => t.booking_head[2],
@@ -652,7 +653,7 @@ fn shorten(s: &str, max: usize) -> String {
         return s.to_string();
     }
     // Room for the ellipsis.
-    let hard: String = s.chars().take(max - 1).collect();
+    let hard: String = s.chars().take(max.saturating_sub(1)).collect();
     let cut = match hard.rfind(' ') {
         Some(i) if hard[..i].chars().count() >= max / 2 => &hard[..i],
         _ => hard.as_str(),
@@ -783,6 +784,13 @@ mod tests {
         cancel.booking.as_mut().unwrap().time = Some("19:30".into());
         let en = render(&email("en", Some(&cancel), &turns)).unwrap();
         assert_eq!(en.subject, "Trattoria Da Mario: Cancellation at 19:30, Sat 28 Nov – +393331234567");
+
+        // A booking without any number says it in words instead.
+        let mut vague = booking_summary("en");
+        vague.booking = Some(Booking { date: None, time: None, party_size: None, name: None, notes: None });
+        vague.intent_detail = "Wants a table next week".into();
+        let en = render(&email("en", Some(&vague), &turns)).unwrap();
+        assert_eq!(en.subject, "Trattoria Da Mario: Wants a table next week – Marco Rossi");
     }
 
     #[test]

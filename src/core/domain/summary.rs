@@ -546,7 +546,7 @@ pub fn parse_reply(body: &Value) -> Result<(CallSummary, Option<TokenUsage>), Su
         .ok_or_else(|| SummaryError::Envelope("no choices[0]".into()))?;
     let message = choice.get("message").ok_or_else(|| SummaryError::Envelope("no choices[0].message".into()))?;
     // A refusal comes with `content: null` and usually finish_reason "stop": check it first.
-    if let Some(refusal) = message.get("refusal").and_then(Value::as_str) {
+    if let Some(refusal) = message.get("refusal").and_then(Value::as_str).filter(|r| !r.trim().is_empty()) {
         return Err(SummaryError::Refused(clip(&one_line(refusal), 300)));
     }
     match choice.get("finish_reason").and_then(Value::as_str) {
@@ -1036,9 +1036,11 @@ mod tests {
         }
     }
 
+    type Edit = fn(&mut Value);
+
     #[test]
     fn semantic_checks_reject_impossible_values() {
-        let cases: [(&str, fn(&mut Value)); 10] = [
+        let cases: [(&str, Edit); 10] = [
             ("not a real", |v| v["booking"]["date"] = json!("2026-02-30")),
             ("not a real", |v| v["booking"]["date"] = json!("28/11/2026")),
             ("24-hour", |v| v["booking"]["time"] = json!("24:00")),
