@@ -1,3 +1,4 @@
-//! OpenAI adapters: the Realtime WebSocket client.
+//! OpenAI adapters: the Realtime WebSocket client and chat completions.
 
+pub mod chat;
 pub mod realtime;

@@ -1,5 +1,6 @@
 //! A fake OpenAI Realtime server speaking the GA dialect (protocols.md C), for integration
-//! tests and the load generator.
+//! tests and the load generator. The same server also answers `POST /v1/chat/completions`
+//! (see [`super::fake_openai_http`]).
 //!
 //! It binds `127.0.0.1:0` and serves `GET /v1/realtime?model=…` as a WebSocket. Per connection
 //! it sends `session.created`, validates and answers `session.update`, streams scripted agent
@@ -26,7 +27,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::serve::ListenerExt as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -35,6 +36,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::fake_openai_http::{ChatFake, chat_completions};
 use super::{alaw_decode, ulaw_decode};
 
 /// What the fake does. Build it with struct-update syntax over [`FakeScript::default`].
@@ -198,12 +200,14 @@ struct Log {
     attempts: usize,
 }
 
-struct Inner {
+pub(super) struct Inner {
     log: Mutex<Log>,
     notify: Notify,
-    script: Mutex<FakeScript>,
+    pub(super) script: Mutex<FakeScript>,
     kill: Mutex<CancellationToken>,
-    cancel: CancellationToken,
+    pub(super) cancel: CancellationToken,
+    /// The chat completions side.
+    pub(super) chat: ChatFake,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -211,7 +215,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Inner {
-    fn violation(&self, msg: String) {
+    pub(super) fn violation(&self, msg: String) {
         tracing::warn!(target: "testkit::fake_realtime", "violation: {msg}");
         lock(&self.log).violations.push(msg);
         self.notify.notify_waiters();
@@ -221,7 +225,7 @@ impl Inner {
 /// A running fake Realtime server. See the module docs.
 pub struct FakeRealtime {
     addr: SocketAddr,
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
     server: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -247,9 +251,13 @@ impl FakeRealtime {
             script: Mutex::new(script),
             kill: Mutex::new(CancellationToken::new()),
             cancel: cancel.clone(),
+            chat: ChatFake::default(),
         });
-        let app =
-            Router::new().route("/v1/realtime", get(realtime_handler)).fallback(fallback).with_state(inner.clone());
+        let app = Router::new()
+            .route("/v1/realtime", get(realtime_handler))
+            .route("/v1/chat/completions", post(chat_completions))
+            .fallback(fallback)
+            .with_state(inner.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await;
         });
@@ -433,9 +441,10 @@ impl Drop for FakeRealtime {
 // ------------------------------------------------------------------------------------------
 // HTTP side
 
-/// Anything but `GET /v1/realtime` is answered 404 and logged ([`FakeRealtime::other_requests`]).
-/// Only a path mentioning `realtime` counts as a violation (a mis-addressed Realtime
-/// connection); other OpenAI endpoints (chat completions, transcriptions) are simply not faked.
+/// Anything but `GET /v1/realtime` and `POST /v1/chat/completions` is answered 404 and logged
+/// ([`FakeRealtime::other_requests`]). Only a path mentioning `realtime` counts as a violation
+/// (a mis-addressed Realtime connection); other OpenAI endpoints (transcriptions) are simply
+/// not faked.
 async fn fallback(State(inner): State<Arc<Inner>>, method: Method, uri: Uri) -> Response {
     lock(&inner.log).other_requests.push((method.to_string(), uri.to_string()));
     if uri.path().contains("realtime") {
