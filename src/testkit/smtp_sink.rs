@@ -6,7 +6,8 @@
 //! `<CRLF>.<CRLF>`), `RSET`, `NOOP` and `QUIT`; anything else is answered `500`. Commands out
 //! of sequence get `503`. Lines and messages are bounded ([`MAX_LINE`], [`MAX_MESSAGE`]).
 //!
-//! Faults are chosen with [`SmtpSink::set_mode`]. [`SmtpSink::stop`] followed by
+//! Faults are chosen with [`SmtpSink::set_mode`] (`451`, `550`, hang-up, or a server that
+//! stops answering mid-transaction). [`SmtpSink::stop`] followed by
 //! [`SmtpSink::start_on`] with the same address simulates an outage and the recovery.
 //!
 //! [`ReceivedMail`] carries small MIME helpers (header unfolding, RFC 2047 encoded words,
@@ -64,6 +65,9 @@ pub enum SinkMode {
     /// New connections are closed as soon as they are accepted, and a `MAIL` on a connection
     /// that was already open closes it.
     Hangup,
+    /// `MAIL` is never answered: the connection stays open and everything after it is read
+    /// and ignored (a server that hangs mid-transaction).
+    Stall,
 }
 
 /// One message the sink accepted.
@@ -375,8 +379,13 @@ async fn session<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin>(
                     state.transactions += 1;
                     state.mode
                 };
-                if mode == SinkMode::Hangup {
-                    return Ok(());
+                match mode {
+                    SinkMode::Hangup => return Ok(()),
+                    SinkMode::Stall => {
+                        while !matches!(read_line(r, MAX_LINE).await?, Line::Eof) {}
+                        return Ok(());
+                    }
+                    SinkMode::Accept | SinkMode::TempFail | SinkMode::Reject => {}
                 }
                 txn = Some(Transaction { mode, from, rcpts: Vec::new() });
                 reply(w, "250 2.1.0 sender ok").await?;
@@ -416,7 +425,7 @@ async fn session<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin>(
                     (Data::Message(_), SinkMode::Reject) => {
                         reply(w, "550 5.7.1 message rejected (sink in Reject mode)").await?
                     }
-                    (Data::Message(data), SinkMode::Accept | SinkMode::Hangup) => {
+                    (Data::Message(data), SinkMode::Accept | SinkMode::Hangup | SinkMode::Stall) => {
                         let n = {
                             let mut state = lock(&shared.state);
                             state.messages.push(ReceivedMail {
@@ -952,13 +961,22 @@ mod tests {
         assert_eq!(sink.messages().len(), 1);
         assert_eq!(sink.transactions(), 3);
 
+        let mut stalled = Raw::connect(&sink).await;
+        stalled.cmd("HELO x").await;
+        sink.set_mode(SinkMode::Stall);
+        stalled.w.write_all(b"MAIL FROM:<a@example.com>\r\nNOOP\r\n").await.unwrap();
+        let mut line = String::new();
+        let read = tokio::time::timeout(Duration::from_millis(100), stalled.r.read_line(&mut line)).await;
+        assert!(read.is_err(), "a stalled MAIL gets no answer, got {line:?}");
+        assert_eq!(sink.transactions(), 4);
+
         sink.set_mode(SinkMode::Hangup);
         c.w.write_all(b"MAIL FROM:<a@example.com>\r\n").await.unwrap();
         let mut buf = [0u8; 16];
         assert_eq!(c.r.read(&mut buf).await.unwrap(), 0, "MAIL closes the open connection");
         let (mut r, _w) = TcpStream::connect(sink.addr()).await.unwrap().into_split();
         assert_eq!(r.read(&mut buf).await.unwrap(), 0, "a new connection is closed at once");
-        assert_eq!(sink.connections(), 2);
+        assert_eq!(sink.connections(), 3);
     }
 
     #[tokio::test]
