@@ -243,10 +243,10 @@ fn parse_url(url: &str, problems: &mut Vec<String>) -> Option<Endpoint> {
 
 fn parse_split(get: &impl Fn(&str) -> Option<String>, problems: &mut Vec<String>) -> Option<Endpoint> {
     let before = problems.len();
-    let host = match get("SMTP_SERVER") {
-        Some(h) if valid_host(h.trim_start_matches('[').trim_end_matches(']')) => {
-            Some(h.trim_start_matches('[').trim_end_matches(']').to_owned())
-        }
+    // An IPv6 address may come in brackets.
+    let unbracket = |h: String| h.strip_prefix('[').and_then(|h| h.strip_suffix(']')).map_or(h.clone(), str::to_owned);
+    let host = match get("SMTP_SERVER").map(unbracket) {
+        Some(h) if valid_host(&h) => Some(h),
         Some(h) => {
             problems.push(format!("SMTP_SERVER={h:?}: expected a host name or IP address (no scheme, no port)"));
             None
