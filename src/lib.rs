@@ -4,7 +4,7 @@
 //! Layout (imports point down):
 //! - [`core`]: pure logic (codecs, VAD, resampling, protocol messages, signatures, TwiML,
 //!   the per-call session state machine). No sockets, files, env or clock.
-//! - [`tenants`], [`openai`]: adapters.
+//! - [`tenants`], [`openai`], [`mail`]: adapters.
 //! - [`bridge`]: the per-call owner task.
 //! - [`http`]: routes. [`app`]: composition root.
 //! - [`testkit`]: in-repo fakes (Realtime server, Twilio Media Streams client) shared by the
@@ -15,6 +15,7 @@ pub mod bridge;
 pub mod config;
 pub mod core;
 pub mod http;
+pub mod mail;
 pub mod metrics;
 pub mod openai;
 pub mod shutdown;

@@ -8,6 +8,8 @@
 //! - [`twilio_client`]: a fake Twilio (signed webhook `POST`, then a Media Streams WebSocket
 //!   client that streams caller audio in real time and plays the daemon's audio back on a
 //!   real-time playback clock, echoing marks and honouring `clear`).
+//! - [`smtp_sink`]: a fake SMTP server (plain TCP) that records what it is sent, with fault
+//!   modes (`451`, `550`, hang-up) and stop/restart on the same port; see its module docs.
 //!
 //! Both fakes are written from `docs/protocols.md`, independently of `crate::core`, on purpose:
 //! they must catch the daemon's protocol mistakes rather than share them. They never panic on
@@ -74,10 +76,12 @@
 pub mod fake_openai_http;
 pub mod fake_realtime;
 pub mod pg;
+pub mod smtp_sink;
 pub mod twilio_client;
 
 pub use fake_openai_http::ChatReply;
 pub use fake_realtime::{FakeRealtime, FakeScript, Handshake, RecordedEvent, TruncateRecord};
+pub use smtp_sink::{ReceivedMail, SinkMode, SmtpSink};
 pub use twilio_client::{
     CallStats, ClearRecord, MarkEcho, PlaybackRun, StartParams, TwilioCall, TwimlStream, UpgradeRefused,
     parse_twiml_stream, post_webhook, sign, xml_unescape,
