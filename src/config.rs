@@ -40,7 +40,8 @@ pub struct Config {
     /// `sqlite://…` (default `./data/switchboard.db`) or `postgres://…`. May hold a password.
     pub database_url: Secret,
     pub database_max_connections: u32,
-    pub smtp_url: Option<Secret>,
+    /// The mail server; `None` writes emails to `outbox_dir`.
+    pub smtp: Option<crate::mail::SmtpSettings>,
     /// `From:` of the summary emails.
     pub smtp_sender: String,
     /// Where emails go as `.eml` files when no SMTP server is configured.
@@ -78,7 +79,9 @@ pub struct JobSettings {
     pub summary_retry_base: Duration,
     pub summary_retry_cap: Duration,
     pub summary_timeout: Duration,
-    /// Attempts at delivering an email; with the defaults they span more than 24 hours.
+    /// Delivery is retried until this long after the email was written (then `failed`).
+    pub email_give_up_after: Duration,
+    /// A bound on attempts within that window (a safety net, not the policy).
     pub email_attempts: u32,
     pub email_retry_base: Duration,
     pub email_retry_cap: Duration,
@@ -170,19 +173,17 @@ impl Config {
             summary_retry_base: Duration::from_millis(num("SUMMARY_RETRY_BASE_MS", 15_000, 1, 3_600_000)),
             summary_retry_cap: Duration::from_millis(num("SUMMARY_RETRY_CAP_MS", 600_000, 1, 86_400_000)),
             summary_timeout: Duration::from_secs(num("SUMMARY_TIMEOUT_SECS", 60, 1, 600)),
-            email_attempts: num("EMAIL_MAX_ATTEMPTS", 60, 1, 10_000) as u32,
+            email_give_up_after: Duration::from_secs(num("EMAIL_GIVE_UP_AFTER_SECS", 48 * 3600, 1, 30 * 86_400)),
+            email_attempts: num("EMAIL_MAX_ATTEMPTS", 1_000, 1, 100_000) as u32,
             email_retry_base: Duration::from_millis(num("EMAIL_RETRY_BASE_MS", 30_000, 1, 3_600_000)),
-            email_retry_cap: Duration::from_millis(num("EMAIL_RETRY_CAP_MS", 1_800_000, 1, 86_400_000)),
+            email_retry_cap: Duration::from_millis(num("EMAIL_RETRY_CAP_MS", 900_000, 1, 86_400_000)),
         };
         let database_max_connections = num("DATABASE_MAX_CONNECTIONS", 8, 1, 1000) as u32;
 
-        let smtp_url = get("SMTP_URL");
-        if let Some(u) = &smtp_url
-            && !(u.starts_with("smtp://") || u.starts_with("smtps://"))
-        {
-            // Never echo the URL: it may carry a password.
-            problems.push("SMTP_URL: expected smtp://… or smtps://…".into());
-        }
+        let smtp = crate::mail::smtp_settings(get).unwrap_or_else(|p| {
+            problems.extend(p);
+            None
+        });
         let database_url = get("DATABASE_URL").unwrap_or_else(|| "sqlite://./data/switchboard.db".into());
         if !(database_url.starts_with("sqlite:")
             || database_url.starts_with("postgres://")
@@ -206,7 +207,7 @@ impl Config {
             tenants_file: get("TENANTS_FILE").map(PathBuf::from).unwrap_or_else(|| "./tenants.toml".into()),
             database_url: Secret(database_url),
             database_max_connections,
-            smtp_url: smtp_url.map(Secret),
+            smtp,
             smtp_sender: get("SMTP_SENDER").unwrap_or_else(|| "Switchboard <switchboard@localhost>".into()),
             outbox_dir: get("OUTBOX_DIR").map(PathBuf::from).unwrap_or_else(|| "./data/outbox".into()),
             jobs,

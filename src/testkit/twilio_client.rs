@@ -1102,6 +1102,11 @@ impl TwilioCall {
         let _ = self.out.send(Outgoing::Event(msg));
     }
 
+    /// Sends any JSON event as Twilio would (e.g. a second `stop`).
+    pub fn send_event(&self, msg: serde_json::Value) {
+        let _ = self.out.send(Outgoing::Event(msg));
+    }
+
     /// The caller hangs up: `stop`, then a close frame; waits (≤ 2 s) for the socket to end.
     pub async fn stop(&mut self) {
         let _ = self.out.send(Outgoing::Stop);

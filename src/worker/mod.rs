@@ -11,6 +11,7 @@
 //!
 //! This module decides nothing about what a job does: handlers (in the submodules) do.
 
+pub mod email;
 pub mod summarize;
 
 use std::collections::HashMap;
@@ -333,14 +334,52 @@ async fn listen(url: String, notify: Arc<Notify>, stop: CancellationToken) {
     }
 }
 
-/// The handlers of every job kind this daemon runs.
+/// The handlers of every job kind this daemon runs, with their clients.
 pub fn registry(
-    _config: &crate::config::Config,
-    _store: &Store,
-    _tenants: &crate::bridge::TenantsHandle,
-    _metrics: &Arc<Metrics>,
+    config: &crate::config::Config,
+    store: &Store,
+    tenants: &crate::bridge::TenantsHandle,
+    metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Registry> {
-    Ok(Registry::default())
+    use anyhow::Context as _;
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .context("building the HTTP client")?;
+    let chat =
+        crate::openai::chat::ChatClient::new(http, config.openai_base_url.clone(), config.openai_api_key.clone())
+            .with_timeout(config.jobs.summary_timeout);
+    let mailer = match &config.smtp {
+        Some(s) => crate::mail::Mailer::smtp(s.clone()).context("configuring SMTP")?,
+        None => crate::mail::Mailer::files(config.outbox_dir.clone()),
+    };
+    info!(mailer = %mailer, "summary emails go to {mailer}");
+    let jobs = &config.jobs;
+    let mut r = Registry::default();
+    r.register(
+        summarize::KIND,
+        Backoff { base: jobs.summary_retry_base, cap: jobs.summary_retry_cap },
+        Arc::new(summarize::Summarize {
+            store: store.clone(),
+            tenants: tenants.clone(),
+            chat,
+            model: config.summary_model.clone(),
+            sender: config.smtp_sender.clone(),
+            email_attempts: jobs.email_attempts,
+            metrics: Arc::clone(metrics),
+        }),
+    );
+    r.register(
+        email::KIND,
+        Backoff { base: jobs.email_retry_base, cap: jobs.email_retry_cap },
+        Arc::new(email::SendEmail {
+            store: store.clone(),
+            mailer: Arc::new(mailer),
+            give_up_after: jobs.email_give_up_after,
+            metrics: Arc::clone(metrics),
+        }),
+    );
+    Ok(r)
 }
 
 #[cfg(test)]
