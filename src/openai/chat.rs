@@ -103,11 +103,11 @@ impl ChatClient {
             .timeout(self.timeout)
             .send()
             .await
-            .map_err(|e| transport(&e, self.timeout))?;
+            .map_err(|e| ChatError::Transport(transport_message(&e, self.timeout)))?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let request_id = header(&headers, "x-request-id").map(str::to_string);
-        let bytes = resp.bytes().await.map_err(|e| transport(&e, self.timeout))?;
+        let bytes = resp.bytes().await.map_err(|e| ChatError::Transport(transport_message(&e, self.timeout)))?;
         tracing::debug!(
             status = status.as_u16(),
             request_id = request_id.as_deref().unwrap_or(""),
@@ -131,9 +131,10 @@ impl ChatClient {
     }
 }
 
-fn transport(e: &reqwest::Error, timeout: Duration) -> ChatError {
+/// What went wrong with a request that got no usable answer, for a `Transport` error.
+pub(crate) fn transport_message(e: &reqwest::Error, timeout: Duration) -> String {
     if e.is_timeout() {
-        return ChatError::Transport(format!("timed out after {timeout:?}"));
+        return format!("timed out after {timeout:?}");
     }
     // The chain names the cause (refused, DNS, TLS…); the URL holds no secret.
     let mut msg = e.to_string();
@@ -143,11 +144,37 @@ fn transport(e: &reqwest::Error, timeout: Duration) -> ChatError {
         msg.push_str(&s.to_string());
         source = s.source();
     }
-    ChatError::Transport(msg)
+    msg
+}
+
+/// A non-2xx answer read per D.4, before an endpoint's client decides what it means. Shared by
+/// every OpenAI HTTP client here, so that they all retry by the SDK's rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ApiFailure {
+    pub status: u16,
+    /// The error body's message with its type, code, param and the request id, clipped and
+    /// redacted: safe for logs and the jobs table.
+    pub message: String,
+    /// `error.code` and `error.param` as sent, for endpoint-specific readings.
+    pub code: Option<String>,
+    pub param: Option<String>,
+    /// Per the SDK: `x-should-retry`, else 408, 409, 429 (unless about quota) and 5xx.
+    pub retryable: bool,
+    pub retry_after: Option<Duration>,
 }
 
 /// Maps a non-2xx answer to its error, following the SDK's rules (D.4).
 fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8], key: Option<&Secret>) -> ChatError {
+    let ApiFailure { status, message, retryable, retry_after, .. } = read_failure(status, headers, body, key);
+    match (retryable, status) {
+        (false, _) => ChatError::Rejected { status, message },
+        (true, 429) => ChatError::RateLimited { retry_after, message },
+        (true, _) => ChatError::Server { status, retry_after, message },
+    }
+}
+
+/// Reads a non-2xx answer: its message (redacted of `key`), whether to retry, and when.
+pub(crate) fn read_failure(status: StatusCode, headers: &HeaderMap, body: &[u8], key: Option<&Secret>) -> ApiFailure {
     let json: Option<Value> = serde_json::from_slice(body).ok();
     let error = json.as_ref().and_then(|v| v.get("error"));
     let field = |name: &str| error.and_then(|e| e.get(name)).and_then(Value::as_str);
@@ -179,11 +206,13 @@ fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8], key: Option<&S
         Some("false") => false,
         _ => !quota && (code == 408 || code == 409 || code == 429 || code >= 500),
     };
-    let retry_after = retry_after(headers);
-    match (retryable, code) {
-        (false, _) => ChatError::Rejected { status: code, message },
-        (true, 429) => ChatError::RateLimited { retry_after, message },
-        (true, _) => ChatError::Server { status: code, retry_after, message },
+    ApiFailure {
+        status: code,
+        message,
+        code: field("code").map(str::to_string),
+        param: field("param").map(str::to_string),
+        retryable,
+        retry_after: retry_after(headers),
     }
 }
 
@@ -207,7 +236,7 @@ fn retry_after_at(headers: &HeaderMap, now: OffsetDateTime) -> Option<Duration> 
     Some(Duration::try_from(at - now).unwrap_or(Duration::ZERO))
 }
 
-fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+pub(crate) fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 

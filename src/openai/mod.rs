@@ -1,4 +1,5 @@
-//! OpenAI adapters: the Realtime WebSocket client and chat completions.
+//! OpenAI adapters: the Realtime WebSocket client, chat completions and audio transcriptions.
 
 pub mod chat;
 pub mod realtime;
+pub mod transcribe;

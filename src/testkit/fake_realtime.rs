@@ -1,6 +1,6 @@
 //! A fake OpenAI Realtime server speaking the GA dialect (protocols.md C), for integration
-//! tests and the load generator. The same server also answers `POST /v1/chat/completions`
-//! (see [`super::fake_openai_http`]).
+//! tests and the load generator. The same server also answers `POST /v1/chat/completions` and
+//! `POST /v1/audio/transcriptions` (see [`super::fake_openai_http`]).
 //!
 //! It binds `127.0.0.1:0` and serves `GET /v1/realtime?model=…` as a WebSocket. Per connection
 //! it sends `session.created`, validates and answers `session.update`, streams scripted agent
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{RawQuery, State};
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -36,7 +36,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::fake_openai_http::{ChatFake, chat_completions};
+use super::fake_openai_http::{ChatFake, TranscriptionFake, chat_completions, transcriptions};
 use super::{alaw_decode, ulaw_decode};
 
 /// What the fake does. Build it with struct-update syntax over [`FakeScript::default`].
@@ -208,6 +208,8 @@ pub(super) struct Inner {
     pub(super) cancel: CancellationToken,
     /// The chat completions side.
     pub(super) chat: ChatFake,
+    /// The audio transcriptions side.
+    pub(super) transcription: TranscriptionFake,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -252,10 +254,14 @@ impl FakeRealtime {
             kill: Mutex::new(CancellationToken::new()),
             cancel: cancel.clone(),
             chat: ChatFake::default(),
+            transcription: TranscriptionFake::default(),
         });
         let app = Router::new()
             .route("/v1/realtime", get(realtime_handler))
             .route("/v1/chat/completions", post(chat_completions))
+            // The fake applies the service's own limit (25 MiB, settable) and answers 413 as it
+            // does; axum's 2 MB default would cut uploads short first.
+            .route("/v1/audio/transcriptions", post(transcriptions).layer(DefaultBodyLimit::disable()))
             .fallback(fallback)
             .with_state(inner.clone());
         let server = tokio::spawn(async move {
@@ -441,10 +447,10 @@ impl Drop for FakeRealtime {
 // ------------------------------------------------------------------------------------------
 // HTTP side
 
-/// Anything but `GET /v1/realtime` and `POST /v1/chat/completions` is answered 404 and logged
-/// ([`FakeRealtime::other_requests`]). Only a path mentioning `realtime` counts as a violation
-/// (a mis-addressed Realtime connection); other OpenAI endpoints (transcriptions) are simply
-/// not faked.
+/// Anything but `GET /v1/realtime`, `POST /v1/chat/completions` and
+/// `POST /v1/audio/transcriptions` is answered 404 and logged ([`FakeRealtime::other_requests`]).
+/// Only a path mentioning `realtime` counts as a violation (a mis-addressed Realtime
+/// connection); other OpenAI endpoints are simply not faked.
 async fn fallback(State(inner): State<Arc<Inner>>, method: Method, uri: Uri) -> Response {
     lock(&inner.log).other_requests.push((method.to_string(), uri.to_string()));
     if uri.path().contains("realtime") {

@@ -4,7 +4,8 @@
 //! - [`fake_realtime`]: a fake OpenAI Realtime server (GA dialect) on `127.0.0.1:0`, scripted
 //!   with a [`FakeScript`]: agent audio, transcripts, server-VAD emulation, faults.
 //! - [`fake_openai_http`]: the same server's `POST /v1/chat/completions`, answering from a
-//!   queue of [`ChatReply`]s (valid summary, error status, malformed content, hang).
+//!   queue of [`ChatReply`]s (valid summary, error status, malformed content, hang), and its
+//!   `POST /v1/audio/transcriptions`, answering from a queue of [`TranscriptionReply`]s.
 //! - [`twilio_client`]: a fake Twilio (signed webhook `POST`, then a Media Streams WebSocket
 //!   client that streams caller audio in real time and plays the daemon's audio back on a
 //!   real-time playback clock, echoing marks and honouring `clear`).
@@ -79,7 +80,7 @@ pub mod pg;
 pub mod smtp_sink;
 pub mod twilio_client;
 
-pub use fake_openai_http::ChatReply;
+pub use fake_openai_http::{ChatReply, TranscriptionReply, TranscriptionRequest};
 pub use fake_realtime::{FakeRealtime, FakeScript, Handshake, RecordedEvent, TruncateRecord};
 pub use smtp_sink::{ReceivedMail, SinkMode, SmtpSink};
 pub use twilio_client::{

@@ -1,6 +1,8 @@
-//! Domain values: tenants, call records, the call summary and the after-call email.
+//! Domain values: tenants, call records, the call summary, the after-call email and recorded
+//! meetings.
 
 pub mod call;
 pub mod email;
+pub mod meeting;
 pub mod summary;
 pub mod tenant;

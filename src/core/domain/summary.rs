@@ -210,7 +210,9 @@ pub enum SummaryError {
     Truncated,
     #[error("the model stopped with finish_reason {0:?} instead of \"stop\"")]
     Stopped(String),
-    #[error("the reply does not match the call_summary schema: {0}")]
+    /// The schema's name, then what is wrong: "call_summary schema: missing field `intent`". The
+    /// name is in the payload so that every summary kind (calls, meetings) shares this type.
+    #[error("the reply does not match the {0}")]
     Schema(String),
     #[error("the summary failed validation: {0}")]
     Invalid(String),
@@ -363,7 +365,7 @@ pub fn chat_request(input: &SummaryInput, model: &str) -> Value {
 }
 
 /// o-series and gpt-5 models (except the `-chat` ones) are reasoning models.
-fn is_reasoning_model(model: &str) -> bool {
+pub(crate) fn is_reasoning_model(model: &str) -> bool {
     let m = model.to_ascii_lowercase();
     let o_series = m.len() > 1 && m.starts_with('o') && m.as_bytes()[1].is_ascii_digit();
     o_series || (m.starts_with("gpt-5") && !m.contains("chat"))
@@ -466,7 +468,7 @@ fn transcript_lines(turns: &[TranscriptTurn]) -> Vec<String> {
 
 /// Keeps the lines within `budget` characters: a third for the start of the call, the rest for
 /// its end, and one line saying how many turns were left out in between.
-fn bound_lines(lines: Vec<String>, budget: usize) -> Vec<String> {
+pub(crate) fn bound_lines(lines: Vec<String>, budget: usize) -> Vec<String> {
     let cost = |l: &String| l.len() + 1;
     if lines.iter().map(cost).sum::<usize>() <= budget {
         return lines;
@@ -491,42 +493,53 @@ fn bound_lines(lines: Vec<String>, budget: usize) -> Vec<String> {
     out
 }
 
+/// Language codes with their English names, for [`language_name`] and [`language_code`].
+/// `nb` comes before `no` so that "Norwegian" maps back to the code BCP-47 prefers.
+const LANGUAGES: &[(&str, &str)] = &[
+    ("it", "Italian"),
+    ("fr", "French"),
+    ("en", "English"),
+    ("de", "German"),
+    ("es", "Spanish"),
+    ("pt", "Portuguese"),
+    ("nl", "Dutch"),
+    ("ca", "Catalan"),
+    ("el", "Greek"),
+    ("pl", "Polish"),
+    ("ro", "Romanian"),
+    ("sv", "Swedish"),
+    ("da", "Danish"),
+    ("nb", "Norwegian"),
+    ("no", "Norwegian"),
+    ("fi", "Finnish"),
+    ("cs", "Czech"),
+    ("sk", "Slovak"),
+    ("sl", "Slovenian"),
+    ("hr", "Croatian"),
+    ("hu", "Hungarian"),
+    ("bg", "Bulgarian"),
+    ("ru", "Russian"),
+    ("uk", "Ukrainian"),
+    ("tr", "Turkish"),
+    ("ar", "Arabic"),
+    ("he", "Hebrew"),
+    ("ja", "Japanese"),
+    ("ko", "Korean"),
+    ("zh", "Chinese"),
+];
+
 /// English name of a language code, for the instructions (the model follows "write in Italian"
 /// more reliably than "write in it").
 pub fn language_name(code: &str) -> Option<&'static str> {
     let primary = code.split(['-', '_']).next().unwrap_or_default().to_ascii_lowercase();
-    Some(match primary.as_str() {
-        "it" => "Italian",
-        "fr" => "French",
-        "en" => "English",
-        "de" => "German",
-        "es" => "Spanish",
-        "pt" => "Portuguese",
-        "nl" => "Dutch",
-        "ca" => "Catalan",
-        "el" => "Greek",
-        "pl" => "Polish",
-        "ro" => "Romanian",
-        "sv" => "Swedish",
-        "da" => "Danish",
-        "nb" | "no" => "Norwegian",
-        "fi" => "Finnish",
-        "cs" => "Czech",
-        "sk" => "Slovak",
-        "sl" => "Slovenian",
-        "hr" => "Croatian",
-        "hu" => "Hungarian",
-        "bg" => "Bulgarian",
-        "ru" => "Russian",
-        "uk" => "Ukrainian",
-        "tr" => "Turkish",
-        "ar" => "Arabic",
-        "he" => "Hebrew",
-        "ja" => "Japanese",
-        "ko" => "Korean",
-        "zh" => "Chinese",
-        _ => return None,
-    })
+    LANGUAGES.iter().find(|(c, _)| *c == primary).map(|(_, name)| *name)
+}
+
+/// The code of a language given by its English name, in any case ("english" → "en"): whisper
+/// reports languages by name.
+pub fn language_code(name: &str) -> Option<&'static str> {
+    let name = name.trim();
+    LANGUAGES.iter().find(|(_, n)| n.eq_ignore_ascii_case(name)).map(|(code, _)| *code)
 }
 
 // ------------------------------------------------------------------------------------------
@@ -535,6 +548,17 @@ pub fn language_name(code: &str) -> Option<&'static str> {
 /// Reads a chat completion response body: the summary, checked and normalized, and the token
 /// usage when reported.
 pub fn parse_reply(body: &Value) -> Result<(CallSummary, Option<TokenUsage>), SummaryError> {
+    let content = completion_content(body, SCHEMA_NAME)?;
+    let summary: CallSummary =
+        serde_json::from_str(content).map_err(|e| SummaryError::Schema(format!("{SCHEMA_NAME} schema: {e}")))?;
+    let summary = summary.normalized()?;
+    Ok((summary, body.get("usage").and_then(TokenUsage::from_json)))
+}
+
+/// The message content of a chat completion that finished normally: the envelope checks every
+/// structured reply shares (error body, refusal, finish reason). `schema_name` only names the
+/// schema in a [`SummaryError::Schema`].
+pub(crate) fn completion_content<'a>(body: &'a Value, schema_name: &str) -> Result<&'a str, SummaryError> {
     if let Some(err) = body.get("error").filter(|e| !e.is_null()) {
         let msg = err.get("message").and_then(Value::as_str).unwrap_or("no message");
         return Err(SummaryError::Envelope(format!("an error body: {}", clip(msg, 300))));
@@ -555,13 +579,9 @@ pub fn parse_reply(body: &Value) -> Result<(CallSummary, Option<TokenUsage>), Su
         Some("length") => return Err(SummaryError::Truncated),
         Some(other) => return Err(SummaryError::Stopped(clip(other, 40))),
     }
-    let content = message
-        .get("content")
-        .and_then(Value::as_str)
-        .ok_or_else(|| SummaryError::Schema("choices[0].message.content is missing or not a string".into()))?;
-    let summary: CallSummary = serde_json::from_str(content).map_err(|e| SummaryError::Schema(e.to_string()))?;
-    let summary = summary.normalized()?;
-    Ok((summary, body.get("usage").and_then(TokenUsage::from_json)))
+    message.get("content").and_then(Value::as_str).ok_or_else(|| {
+        SummaryError::Schema(format!("{schema_name} schema: choices[0].message.content is missing or not a string"))
+    })
 }
 
 impl CallSummary {
@@ -591,8 +611,8 @@ impl CallSummary {
             caller_name: optional("caller_name", self.caller_name, MAX_NAME_CHARS)?,
             caller_phone,
             booking,
-            key_points: items("key_points", self.key_points)?,
-            action_items: items("action_items", self.action_items)?,
+            key_points: items("key_points", self.key_points, MAX_ITEMS, MAX_ITEM_CHARS)?,
+            action_items: items("action_items", self.action_items, MAX_ITEMS, MAX_ITEM_CHARS)?,
             follow_up_needed: self.follow_up_needed,
             follow_up_reason: follow_up_reason.filter(|_| self.follow_up_needed),
             sentiment: self.sentiment,
@@ -634,11 +654,11 @@ fn normalized_booking(b: Booking) -> Result<Booking, SummaryError> {
     })
 }
 
-fn invalid(msg: String) -> SummaryError {
+pub(crate) fn invalid(msg: String) -> SummaryError {
     SummaryError::Invalid(msg)
 }
 
-fn bounded(field: &str, s: String, max: usize) -> Result<String, SummaryError> {
+pub(crate) fn bounded(field: &str, s: String, max: usize) -> Result<String, SummaryError> {
     let n = s.chars().count();
     if n > max {
         return Err(invalid(format!("{field} is {n} characters long (at most {max})")));
@@ -646,22 +666,30 @@ fn bounded(field: &str, s: String, max: usize) -> Result<String, SummaryError> {
     Ok(s)
 }
 
-fn optional(field: &str, s: Option<String>, max: usize) -> Result<Option<String>, SummaryError> {
+/// One line, trimmed, at most `max` characters; empty is `None`.
+pub(crate) fn optional(field: &str, s: Option<String>, max: usize) -> Result<Option<String>, SummaryError> {
     match s.map(|s| one_line(&s)).filter(|s| !s.is_empty()) {
         None => Ok(None),
         Some(s) => bounded(field, s, max).map(Some),
     }
 }
 
-fn items(field: &str, list: Vec<String>) -> Result<Vec<String>, SummaryError> {
+/// Entries made one line each, empty ones dropped, then at most `max_items` of at most
+/// `max_chars` characters.
+pub(crate) fn items(
+    field: &str,
+    list: Vec<String>,
+    max_items: usize,
+    max_chars: usize,
+) -> Result<Vec<String>, SummaryError> {
     let list: Vec<String> = list.iter().map(|s| one_line(s)).filter(|s| !s.is_empty()).collect();
-    if list.len() > MAX_ITEMS {
-        return Err(invalid(format!("{field} has {} entries (at most {MAX_ITEMS})", list.len())));
+    if list.len() > max_items {
+        return Err(invalid(format!("{field} has {} entries (at most {max_items})", list.len())));
     }
     for (i, s) in list.iter().enumerate() {
         let n = s.chars().count();
-        if n > MAX_ITEM_CHARS {
-            return Err(invalid(format!("{field}[{i}] is {n} characters long (at most {MAX_ITEM_CHARS})")));
+        if n > max_chars {
+            return Err(invalid(format!("{field}[{i}] is {n} characters long (at most {max_chars})")));
         }
     }
     Ok(list)
@@ -692,7 +720,7 @@ pub(crate) fn parse_time(s: &str) -> Option<(u8, u8)> {
     (h < 24 && m < 60).then_some((h, m))
 }
 
-fn is_language_tag(s: &str) -> bool {
+pub(crate) fn is_language_tag(s: &str) -> bool {
     let mut parts = s.split('-');
     let primary = parts.next().unwrap_or_default();
     (2..=3).contains(&primary.len())
@@ -1176,6 +1204,10 @@ mod tests {
         assert!(body["messages"][0]["content"].as_str().unwrap().contains("the language with code \"xx\""));
         assert_eq!(language_name("fr-CA"), Some("French"));
         assert_eq!(language_name("EN"), Some("English"));
+        assert_eq!(language_name("no"), Some("Norwegian"));
+        assert_eq!(language_code("english"), Some("en"));
+        assert_eq!(language_code(" Norwegian "), Some("nb"));
+        assert_eq!(language_code("klingon"), None);
     }
 
     #[test]
