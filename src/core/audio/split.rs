@@ -5,9 +5,10 @@
 //! and every range is sent as its own 16-bit WAV ([`wav_16k_mono`]). The transcripts are later
 //! stitched back with each range's start as the time offset.
 //!
-//! A cut through a word loses it in both chunks, so [`split_on_silence`] looks for the quietest
-//! stretch in the last fifth before the limit and cuts in its middle. Only when that zone has
-//! no pause at all (continuous speech or noise) does it cut exactly at the limit.
+//! A cut through a word loses it in both chunks, so [`split_on_silence`] looks for the longest
+//! quiet stretch shortly before the limit (the last 20 %, or the last 8 s if that is more) and
+//! cuts in its middle. Only when that zone has no pause at all (continuous speech or noise)
+//! does it cut exactly at the limit.
 //!
 //! Pure: works on samples in memory; no I/O, no clock.
 
@@ -27,6 +28,16 @@ const WINDOW_MS: u32 = 25;
 /// Fraction of the limit, counted back from it, in which a cut is searched.
 const SEARCH_FRACTION: usize = 5; // the last 1/5 = 20 %
 
+/// The search zone is at least this long (but at most half the limit), so that short limits
+/// still see a gap between sentences: a spoken sentence lasts a few seconds, and within one
+/// only stop consonants (< 150 ms) go quiet. With the 25 MB limit (13 min) 20 % dominates.
+const MIN_SEARCH_SECS: usize = 8;
+
+/// How far past either end of the search zone a quiet run is followed to measure its length
+/// (the cut itself stays in the zone): a sentence gap straddling the zone's edge must still
+/// beat a stop consonant inside it.
+const RUN_LOOKAROUND_SECS: usize = 2;
+
 /// A window counts as a pause if its RMS is at most this fraction of the chunk's RMS: −6 dB
 /// below the average level. Against steady noise or a tone no window is, and the cut falls at
 /// the limit.
@@ -35,11 +46,14 @@ const PAUSE_MAX_RELATIVE_RMS: f64 = 0.5;
 /// Splits `samples` (mono, `rate` Hz) into contiguous ranges, each at most `max_chunk_samples`
 /// long, which together cover `0..samples.len()` in order. An empty input gives no ranges.
 ///
-/// Each cut (except where the remaining audio already fits) lies in the last 20 % before the
-/// limit, in the middle of the longest run of windows ([`WINDOW_MS`]) whose RMS is close to the
-/// quietest one there; ties go to the later run, so chunks stay as long as possible. If even
-/// the quietest window is not clearly below the chunk's average level, there is no pause to
-/// find and the cut is at the limit. Deterministic: the same input always gives the same cuts.
+/// Each cut (except where the remaining audio already fits) lies in the search zone before the
+/// limit (the last 20 %, at least [`MIN_SEARCH_SECS`] unless that is over half the limit), in
+/// the middle of the longest run of windows ([`WINDOW_MS`]) whose RMS is close to the quietest
+/// one there (a run reaching past the zone's edge counts in full, and the cut goes to its
+/// middle or, if that is outside the zone, the zone's nearest edge); ties go to the later run,
+/// so chunks stay as long as possible. If even the quietest window is not clearly below the
+/// chunk's average level, there is no pause to find and the cut is at the limit.
+/// Deterministic: the same input always gives the same cuts.
 ///
 /// `max_chunk_samples` of 0 is treated as 1 (every chunk must hold at least one sample to make
 /// progress).
@@ -63,7 +77,7 @@ pub fn split_on_silence(samples: &[i16], rate: u32, max_chunk_samples: usize) ->
 
     let mut start = 0;
     while len - start > max {
-        let cut = find_cut(&energy, start, max, window);
+        let cut = find_cut(&energy, start, max, window, rate as usize);
         debug_assert!(cut > start && cut <= start + max);
         ranges.push(start..cut);
         start = cut;
@@ -87,40 +101,49 @@ fn window_rms(energy: &[u64], c: usize, window: usize) -> f64 {
     rms(energy, from, from + window)
 }
 
-/// Where to end the chunk that starts at `start` and may be at most `max` long (the audio
-/// continues past `start + max`).
-fn find_cut(energy: &[u64], start: usize, max: usize, window: usize) -> usize {
-    let limit = start + max;
-    let zone = (max / SEARCH_FRACTION).max(1);
-    let lo = (limit - zone).max(start + 1);
+/// Length of the search zone before a limit of `max` samples.
+fn search_zone(max: usize, rate: usize) -> usize {
+    (max / SEARCH_FRACTION).max((MIN_SEARCH_SECS * rate).min(max / 2)).max(1)
+}
 
-    let scores: Vec<f64> = (lo..=limit).map(|c| window_rms(energy, c, window)).collect();
-    let quietest = scores.iter().copied().fold(f64::INFINITY, f64::min);
+/// Where to end the chunk that starts at `start` and may be at most `max` long (the audio
+/// continues past `start + max`). `energy` holds the prefix sums of squares.
+fn find_cut(energy: &[u64], start: usize, max: usize, window: usize, rate: usize) -> usize {
+    let len = energy.len() - 1;
+    let limit = start + max;
+    let lo = (limit - search_zone(max, rate)).max(start + 1);
+    let around = RUN_LOOKAROUND_SECS * rate;
+    let (scan_lo, scan_hi) = (lo.saturating_sub(around).max(start + 1), (limit + around).min(len));
+
+    let score = |c: usize| window_rms(energy, c, window);
+    let quietest = (lo..=limit).map(score).fold(f64::INFINITY, f64::min);
     let chunk_rms = rms(energy, start, limit);
     if quietest > chunk_rms * PAUSE_MAX_RELATIVE_RMS {
         return limit;
     }
     // Everything within ~6 dB of the quietest window (or 4 LSB of it, for digital silence where
-    // the quietest is 0) belongs to the same pause; capped at the pause threshold so a loud
-    // stretch never joins it.
+    // the quietest is 0) belongs to a pause; capped at the pause threshold so a loud stretch
+    // never joins one.
     let threshold = (quietest * 2.0).max(quietest + 4.0).min(chunk_rms * PAUSE_MAX_RELATIVE_RMS);
 
-    // Longest run of quiet candidates; `>=` hands ties to the later run.
-    let (mut best_start, mut best_len) = (0, 0);
+    // Longest quiet run that reaches into the zone; `>=` hands ties to the later run.
+    let mut best: Option<(usize, usize)> = None; // (first, last) candidate of the run
     let mut run_start = None;
-    for (i, &score) in scores.iter().enumerate() {
-        if score <= threshold {
-            let rs = *run_start.get_or_insert(i);
-            let run_len = i + 1 - rs;
-            if run_len >= best_len {
-                (best_start, best_len) = (rs, run_len);
+    for c in scan_lo..=scan_hi {
+        if score(c) <= threshold {
+            let rs = *run_start.get_or_insert(c);
+            let in_zone = c >= lo && rs <= limit;
+            if in_zone && best.is_none_or(|(bs, be)| c - rs >= be - bs) {
+                best = Some((rs, c));
             }
         } else {
             run_start = None;
         }
     }
-    // The quietest window itself is under the threshold, so the run is never empty.
-    lo + best_start + best_len / 2
+    // The quietest window of the zone is under the threshold, so a run exists; the fallback
+    // only keeps this total.
+    let Some((first, last)) = best else { return limit };
+    (first + (last - first) / 2).clamp(lo, limit)
 }
 
 /// Bytes per second of 16-bit mono PCM at `rate`.
@@ -238,9 +261,10 @@ mod tests {
         let max = 15 * RATE as usize;
         let ranges = split_on_silence(&samples, RATE, max);
         assert_covers(&ranges, samples.len(), max);
-        // Each chunk but the last is 12–15 s long.
+        // Each chunk but the last is 7.5–15 s long (the zone is 8 s capped at half the limit).
         let n = ranges.len();
-        assert!(n >= samples.len().div_ceil(max) && n <= samples.len().div_ceil(max - max / 5), "{ranges:?}");
+        assert_eq!(search_zone(max, RATE as usize), max / 2);
+        assert!(n >= samples.len().div_ceil(max) && n <= samples.len().div_ceil(max / 2), "{ranges:?}");
         for r in &ranges[..ranges.len() - 1] {
             let cut = r.end;
             let pause = pauses.iter().find(|p| p.contains(&cut));
@@ -248,8 +272,8 @@ mod tests {
             // Not at a pause's edge: at least one RMS window of silence on either side.
             let margin = (RATE as usize * WINDOW_MS as usize) / 1000;
             assert!(cut >= pause.start + margin && cut + margin <= pause.end, "cut {cut} at the edge of {pause:?}");
-            // Within the search zone: no more than 20 % shorter than the limit.
-            assert!(r.len() >= max - max / 5, "chunk {r:?} cut too early");
+            // Within the search zone.
+            assert!(r.len() >= max - search_zone(max, RATE as usize), "chunk {r:?} cut too early");
         }
     }
 
@@ -266,6 +290,20 @@ mod tests {
         let cut = ranges[0].end as i64;
         let centre = 95 * RATE as i64 / 10;
         assert!((cut - centre).abs() < 200, "cut at {cut}, pause centre {centre}");
+    }
+
+    #[test]
+    fn a_sentence_gap_at_the_zone_edge_beats_a_stop_consonant_inside() {
+        // 20 s limit, zone 12..20 s. A 1 s gap at 11.5..12.5 s (half outside the zone) and a
+        // 100 ms "closure" at 17 s (all inside): the gap is the longer pause, so the cut goes
+        // to its in-zone part, not into the word around the closure.
+        let r = RATE as usize;
+        let mut samples = noise(40 * r, 8000, 4);
+        samples[23 * r / 2..25 * r / 2].fill(0);
+        samples[17 * r..17 * r + r / 10].fill(0);
+        let ranges = split_on_silence(&samples, RATE, 20 * r);
+        let cut = ranges[0].end;
+        assert!((12 * r..25 * r / 2).contains(&cut), "cut at {cut}, expected in the gap's in-zone part");
     }
 
     #[test]
