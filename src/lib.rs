@@ -4,7 +4,7 @@
 //! Layout (imports point down):
 //! - [`core`]: pure logic (codecs, VAD, resampling, protocol messages, signatures, TwiML,
 //!   the per-call session state machine). No sockets, files, env or clock.
-//! - [`tenants`], [`openai`], [`mail`]: adapters.
+//! - [`tenants`], [`openai`], [`mail`], [`media`]: adapters.
 //! - [`bridge`]: the per-call owner task.
 //! - [`http`]: routes. [`app`]: composition root.
 //! - [`testkit`]: in-repo fakes (Realtime server, Twilio Media Streams client) shared by the
@@ -16,6 +16,7 @@ pub mod config;
 pub mod core;
 pub mod http;
 pub mod mail;
+pub mod media;
 pub mod metrics;
 pub mod openai;
 pub mod shutdown;
