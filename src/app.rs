@@ -19,7 +19,7 @@ use crate::bridge::prewarm::Prewarmer;
 use crate::bridge::sink::{CallSink, StoreSink};
 use crate::bridge::{CallRuntime, TenantsHandle};
 use crate::config::Config;
-use crate::http::AppState;
+use crate::http::{AppState, MeetingsState};
 use crate::metrics::Metrics;
 use crate::shutdown::{self, SignalEvent};
 use crate::store::Store;
@@ -140,7 +140,20 @@ pub async fn start(
         streamed: DashMap::new(),
     });
     let addr = listener.local_addr()?;
-    let router = crate::http::router(AppState { calls: Arc::clone(&runtime), store: store.clone() });
+    let room_secret = match &config.meetings.room_secret {
+        Some(s) => s.expose().as_bytes().to_vec(),
+        None => store
+            .setting_or_insert("jitsi_room_secret", &uuid::Uuid::new_v4().simple().to_string())
+            .await
+            .context("reading the shared room secret")?
+            .into_bytes(),
+    };
+    let router = crate::http::router(AppState {
+        calls: Arc::clone(&runtime),
+        store: store.clone(),
+        waker: workers.waker(),
+        meetings: Arc::new(MeetingsState { room_secret }),
+    });
     let drain = CancellationToken::new();
     let server_stop = CancellationToken::new();
     let server = tokio::spawn({

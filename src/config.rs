@@ -49,6 +49,10 @@ pub struct Config {
     pub summary_model: String,
     /// The after-call jobs.
     pub jobs: JobSettings,
+    pub meetings: MeetingSettings,
+    /// CORS: origins allowed to call the API from a browser (empty: none).
+    pub allowed_origins: Vec<String>,
+    pub cors_allow_credentials: bool,
     /// An unclaimed pre-warmed Realtime session is closed after this long.
     pub prewarm_ttl: Duration,
     /// Time allowed to open and configure a Realtime session.
@@ -85,6 +89,24 @@ pub struct JobSettings {
     pub email_attempts: u32,
     pub email_retry_base: Duration,
     pub email_retry_cap: Duration,
+}
+
+/// Meetings: uploads and their processing.
+#[derive(Debug, Clone)]
+pub struct MeetingSettings {
+    /// Largest accepted recording (413 above).
+    pub max_upload_bytes: u64,
+    /// Where uploads are spooled before they go to the database, and jobs unpack them.
+    pub tmp_dir: PathBuf,
+    /// The transcription service's upload limit: larger recordings are split.
+    pub transcribe_max_bytes: u64,
+    /// The transcription model's duration limit per request: longer recordings are split.
+    pub transcribe_max_secs: u64,
+    pub transcribe_timeout: Duration,
+    /// Secret that derives Jitsi room names; when unset one is generated and kept in the
+    /// database, shared by every daemon.
+    pub room_secret: Option<Secret>,
+    pub attempts: u32,
 }
 
 /// Every problem found, one per line.
@@ -179,7 +201,37 @@ impl Config {
             email_retry_cap: Duration::from_millis(num("EMAIL_RETRY_CAP_MS", 900_000, 1, 86_400_000)),
         };
         let database_max_connections = num("DATABASE_MAX_CONNECTIONS", 8, 1, 1000) as u32;
+        let meetings = MeetingSettings {
+            max_upload_bytes: num("MEETING_MAX_UPLOAD_BYTES", 200 * 1024 * 1024, 1024, 1 << 40),
+            tmp_dir: PathBuf::new(),
+            transcribe_max_bytes: num("TRANSCRIBE_MAX_UPLOAD_BYTES", 24 * 1024 * 1024, 64 * 1024, 1 << 32),
+            transcribe_max_secs: num("TRANSCRIBE_MAX_SECONDS", 1_400, 10, 86_400),
+            transcribe_timeout: Duration::from_secs(num("TRANSCRIBE_TIMEOUT_SECS", 300, 1, 3_600)),
+            room_secret: None,
+            attempts: num("MEETING_MAX_ATTEMPTS", 5, 1, 100) as u32,
+        };
 
+        let allowed_origins: Vec<String> = get("ALLOWED_ORIGINS")
+            .map(|v| {
+                v.split(',').map(|o| o.trim().trim_end_matches('/').to_owned()).filter(|o| !o.is_empty()).collect()
+            })
+            .unwrap_or_default();
+        for o in &allowed_origins {
+            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+                problems.push(format!("ALLOWED_ORIGINS: {o:?} is not an origin (https://host[:port]) or *"));
+            }
+        }
+        let cors_allow_credentials = match get("CORS_ALLOW_CREDENTIALS").as_deref() {
+            None | Some("0" | "false" | "no") => false,
+            Some("1" | "true" | "yes") => true,
+            Some(v) => {
+                problems.push(format!("CORS_ALLOW_CREDENTIALS={v:?}: expected true or false"));
+                false
+            }
+        };
+        if cors_allow_credentials && allowed_origins.iter().any(|o| o == "*") {
+            problems.push("CORS_ALLOW_CREDENTIALS=true cannot be combined with ALLOWED_ORIGINS=*".into());
+        }
         let smtp = crate::mail::smtp_settings(get).unwrap_or_else(|p| {
             problems.extend(p);
             None
@@ -211,6 +263,13 @@ impl Config {
             smtp_sender: get("SMTP_SENDER").unwrap_or_else(|| "Switchboard <switchboard@localhost>".into()),
             outbox_dir: get("OUTBOX_DIR").map(PathBuf::from).unwrap_or_else(|| "./data/outbox".into()),
             jobs,
+            meetings: MeetingSettings {
+                tmp_dir: get("UPLOAD_TMP_DIR").map(PathBuf::from).unwrap_or_else(|| "./data/tmp".into()),
+                room_secret: get("MEETING_ROOM_SECRET").map(Secret),
+                ..meetings
+            },
+            allowed_origins,
+            cors_allow_credentials,
             summary_model: get("OPENAI_SUMMARY_MODEL").unwrap_or_else(|| "gpt-4.1-mini".into()),
             prewarm_ttl,
             realtime_connect_timeout,

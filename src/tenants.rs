@@ -16,6 +16,7 @@
 //! audio_format = "pcmu"      # optional: "pcmu" (default) or "pcm24k"
 //! fallback = false           # optional: answers numbers no tenant lists (at most one)
 //! idle_prompt_ms = 10000      # optional: silence before "are you still there?"; 0 = off
+//! timezone = "Europe/Rome"    # optional (default UTC): times in emails and summaries are local
 //! [tenants.turn_detection]   # optional: threshold, prefix_padding_ms, silence_duration_ms
 //! [tenants.barge_in]         # optional: enabled, min_speech_ms, vad_mode, playback_lead_ms
 //! ```
@@ -96,6 +97,8 @@ struct RawTenant {
     turn_detection: Option<RawTurnDetection>,
     barge_in: Option<RawBargeIn>,
     idle_prompt_ms: Option<i64>,
+    /// IANA zone, e.g. "Europe/Rome" (default "UTC").
+    timezone: Option<String>,
     /// Built-in tools the agent may use (default: all).
     tools: Option<Vec<String>>,
     business: Option<RawBusiness>,
@@ -292,6 +295,15 @@ fn check_tenant(
     };
 
     // 0 turns the idle prompt off; otherwise at least 3 s, so a caller has time to think.
+    let timezone = match raw.timezone.as_deref().map(str::trim) {
+        None | Some("") => "UTC".to_owned(),
+        Some(z) => {
+            if jiff::tz::TimeZone::get(z).is_err() {
+                problems.push(format!("`timezone` {z:?} is not an IANA time zone (e.g. \"Europe/Rome\")"));
+            }
+            z.to_owned()
+        }
+    };
     let idle_prompt_ms = match raw.idle_prompt_ms {
         Some(0) => 0,
         v => ranged("idle_prompt_ms", v, 3000, 300_000, DEFAULT_IDLE_PROMPT_MS, problems),
@@ -336,9 +348,18 @@ fn check_tenant(
         turn_detection,
         barge_in,
         idle_prompt_ms,
+        timezone,
         tools,
         business,
     }
+}
+
+/// Minutes east of UTC in `zone` at `at_ms` (Unix ms), daylight saving included. A zone that
+/// does not resolve (it was validated at load, so this is not expected) counts as UTC.
+pub fn utc_offset_minutes(zone: &str, at_ms: u64) -> i32 {
+    let Ok(tz) = jiff::tz::TimeZone::get(zone) else { return 0 };
+    let Ok(ts) = jiff::Timestamp::from_millisecond(i64::try_from(at_ms).unwrap_or(0)) else { return 0 };
+    tz.to_offset(ts).seconds() / 60
 }
 
 /// A required string field: the value, or a problem if it is missing or blank.
@@ -1013,5 +1034,38 @@ playback_lead_ms = 2000
         let col = lines[0].find("NUMBERS").unwrap();
         assert_eq!(&lines[1][col..col + 12], "+39021111111");
         assert_eq!(lines[3], "2 tenants, 2 numbers; fallback for unlisted numbers: a");
+    }
+}
+
+#[cfg(test)]
+mod timezone_tests {
+    use super::*;
+
+    fn one(extra: &str) -> Result<TenantDirectory, TenantsError> {
+        let dir = std::env::temp_dir().join(format!("sb-tz-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("p.md"), "prompt").unwrap();
+        let text = format!(
+            "[[tenants]]\nid = \"a\"\nname = \"A\"\nnumbers = [\"+39021111111\"]\nlanguage = \"it\"\nvoice = \"marin\"\n\
+             prompt_file = \"p.md\"\ngreeting = \"Ciao\"\nsummary_to = []\napi_keys_sha256 = []\n{extra}\n"
+        );
+        std::fs::write(dir.join("t.toml"), text).unwrap();
+        let r = load(&dir.join("t.toml"));
+        let _ = std::fs::remove_dir_all(dir);
+        r
+    }
+
+    #[test]
+    fn time_zones_are_validated_and_daylight_saving_is_applied() {
+        assert_eq!(one("").unwrap().by_id("a").unwrap().timezone, "UTC");
+        let rome = one("timezone = \"Europe/Rome\"").unwrap();
+        assert_eq!(rome.by_id("a").unwrap().timezone, "Europe/Rome");
+        let err = one("timezone = \"Mars/Olympus\"").unwrap_err().to_string();
+        assert!(err.contains("Mars/Olympus"), "{err}");
+        // 2026-07-01 is summer time in Rome (+02:00), 2026-01-15 is not (+01:00).
+        assert_eq!(utc_offset_minutes("Europe/Rome", 1_782_864_000_000), 120);
+        assert_eq!(utc_offset_minutes("Europe/Rome", 1_768_435_200_000), 60);
+        assert_eq!(utc_offset_minutes("UTC", 1_768_435_200_000), 0);
+        assert_eq!(utc_offset_minutes("America/New_York", 1_768_435_200_000), -300);
     }
 }

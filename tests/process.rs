@@ -314,3 +314,84 @@ async fn stored_calls(dir: &Path) -> Vec<switchboard::store::CallRow> {
     store.close().await;
     all
 }
+
+/// A daemon killed (SIGKILL) while a meeting is being transcribed: after a restart the job is
+/// taken again once its lease lapses, and the meeting ends `ready` with its recording deleted.
+async fn killed_mid_job_finishes_after_restart(postgres: bool) {
+    use switchboard::testkit::fake_openai_http::{TranscriptionReply, default_meeting_summary};
+    let fake = fake().await;
+    fake.set_default_chat_reply(switchboard::testkit::ChatReply::Summary(default_meeting_summary()));
+    fake.push_transcription_reply(TranscriptionReply::Hang(Duration::from_secs(30)));
+    let pg = if postgres { Some(switchboard::testkit::pg::PgSchema::create().await.unwrap()) } else { None };
+    let dir = tenants_dir();
+    let tenants = dir.join("tenants.toml");
+    let mut env = vec![("JOB_LEASE_SECS", "1"), ("JOB_POLL_MS", "100"), ("OPENAI_TRANSCRIBE_MODEL", "whisper-1")];
+    if let Some(p) = &pg {
+        env.push(("DATABASE_URL", p.url.as_str()));
+    }
+    let mut p = Proc::spawn(&fake, &tenants, &env).await;
+    let http = reqwest::Client::new();
+    let key = api_key("mario");
+    let m: serde_json::Value = http
+        .post(format!("{}/api/meetings", p.http))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"title": "Killed"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = m["id"].as_str().unwrap().to_owned();
+    let wav = include_bytes!("../fixtures/meeting/two_voices.wav").to_vec();
+    let r = http
+        .post(format!("{}/api/meetings/{id}/audio", p.http))
+        .bearer_auth(&key)
+        .header("content-type", "audio/wav")
+        .body(wav)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let deadline = tokio::time::Instant::now() + T;
+    while fake.transcription_requests().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the job never started: {}", p.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    p.signal("-KILL");
+    p.wait_exit(T).await;
+
+    let p2 = Proc::spawn(&fake, &tenants, &env).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let artifacts = loop {
+        let r = http.get(format!("{}/api/meetings/{id}/artifacts", p2.http)).bearer_auth(&key).send().await.unwrap();
+        if r.status() == 200 {
+            break r.json::<serde_json::Value>().await.unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never finished after the restart: {}", p2.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(artifacts["status"], "ready", "{artifacts}");
+    assert_eq!(fake.transcription_requests().len(), 2, "the killed attempt, then the one after the restart");
+    let url = match &pg {
+        Some(p) => p.url.clone(),
+        None => format!("sqlite://{}/data/switchboard.db", dir.display()),
+    };
+    let store = switchboard::store::Store::open(&url, 1).await.unwrap();
+    assert!(store.meeting(None, &id).await.unwrap().unwrap().audio_blob_id.is_none(), "recording deleted");
+    store.close().await;
+    drop(p2);
+    if let Some(pg) = pg {
+        pg.drop_schema().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn killed_mid_job_finishes_after_restart_sqlite() {
+    killed_mid_job_finishes_after_restart(false).await;
+}
+
+#[tokio::test]
+async fn killed_mid_job_finishes_after_restart_postgres() {
+    killed_mid_job_finishes_after_restart(true).await;
+}

@@ -21,7 +21,7 @@ pub struct TenantAuth(pub Arc<Tenant>);
 
 /// A 401 with `WWW-Authenticate: Bearer` and the usual JSON error body.
 #[derive(Debug)]
-pub struct Unauthorized(&'static str);
+pub struct Unauthorized(pub &'static str);
 
 impl IntoResponse for Unauthorized {
     fn into_response(self) -> Response {

@@ -9,9 +9,11 @@
 //! the clock (`now_ms` is an argument), or assume it is the only daemon on the database: every
 //! write that could race is a single atomic statement or guarded by a unique key.
 
+mod blobs;
 mod calls;
 mod emails;
 mod jobs;
+mod meetings;
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -27,6 +29,7 @@ pub use calls::{
 };
 pub use emails::{EmailRow, EmailStatus, NewEmail};
 pub use jobs::{ClaimedJob, JobCounts, JobRow, NewJob};
+pub use meetings::{MeetingArtifacts, MeetingPage, MeetingRow, NewMeeting};
 
 /// Which database a URL points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,8 +151,14 @@ fn prepare_url(url: &str) -> Result<(Backend, String)> {
 
 fn migrator(backend: Backend) -> Migrator {
     let files: &[(i64, &str, &'static str)] = match backend {
-        Backend::Sqlite => &[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))],
-        Backend::Postgres => &[(1, "init", include_str!("../../migrations/postgres/0001_init.sql"))],
+        Backend::Sqlite => &[
+            (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+            (2, "meetings", include_str!("../../migrations/sqlite/0002_meetings.sql")),
+        ],
+        Backend::Postgres => &[
+            (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
+            (2, "meetings", include_str!("../../migrations/postgres/0002_meetings.sql")),
+        ],
     };
     Migrator::with_migrations(
         files

@@ -12,6 +12,7 @@
 //! This module decides nothing about what a job does: handlers (in the submodules) do.
 
 pub mod email;
+pub mod meetings;
 pub mod summarize;
 
 use std::collections::HashMap;
@@ -346,9 +347,12 @@ pub fn registry(
         .connect_timeout(Duration::from_secs(10))
         .build()
         .context("building the HTTP client")?;
-    let chat =
-        crate::openai::chat::ChatClient::new(http, config.openai_base_url.clone(), config.openai_api_key.clone())
-            .with_timeout(config.jobs.summary_timeout);
+    let chat = crate::openai::chat::ChatClient::new(
+        http.clone(),
+        config.openai_base_url.clone(),
+        config.openai_api_key.clone(),
+    )
+    .with_timeout(config.jobs.summary_timeout);
     let mailer = match &config.smtp {
         Some(s) => crate::mail::Mailer::smtp(s.clone()).context("configuring SMTP")?,
         None => crate::mail::Mailer::files(config.outbox_dir.clone()),
@@ -362,13 +366,33 @@ pub fn registry(
         Arc::new(summarize::Summarize {
             store: store.clone(),
             tenants: tenants.clone(),
-            chat,
+            chat: chat.clone(),
             model: config.summary_model.clone(),
             sender: config.smtp_sender.clone(),
             email_attempts: jobs.email_attempts,
             metrics: Arc::clone(metrics),
         }),
     );
+    let m = &config.meetings;
+    let meeting_jobs = Arc::new(meetings::MeetingJobs {
+        store: store.clone(),
+        tenants: tenants.clone(),
+        transcribe: crate::openai::transcribe::TranscribeClient::new(
+            http,
+            config.openai_base_url.clone(),
+            config.openai_api_key.clone(),
+            config.transcribe_model.clone(),
+        )
+        .with_timeout(m.transcribe_timeout),
+        chat: chat.clone(),
+        model: config.summary_model.clone(),
+        tmp_dir: m.tmp_dir.clone(),
+        max_upload_bytes: m.transcribe_max_bytes,
+        max_secs: m.transcribe_max_secs,
+    });
+    let meeting_backoff = Backoff { base: jobs.summary_retry_base, cap: jobs.summary_retry_cap };
+    r.register(meetings::PROCESS, meeting_backoff, meeting_jobs.clone());
+    r.register(meetings::SUMMARIZE, meeting_backoff, meeting_jobs);
     r.register(
         email::KIND,
         Backoff { base: jobs.email_retry_base, cap: jobs.email_retry_cap },

@@ -126,7 +126,9 @@ impl Summarize {
 
     /// One request to the model.
     async fn ask(&self, tenant: &Tenant, record: &CallRecord) -> Result<(CallSummary, u64), Failure> {
-        let body = chat_request(&SummaryInput::new(tenant, record), &self.model);
+        let mut input = SummaryInput::new(tenant, record);
+        input.utc_offset_minutes = crate::tenants::utc_offset_minutes(&tenant.timezone, record.started_at_ms);
+        let body = chat_request(&input, &self.model);
         let reply = self.chat.create(&body).await.map_err(|e| Failure {
             retryable: e.is_retryable(),
             after: e.retry_after(),
@@ -154,6 +156,7 @@ impl Summarize {
     ) -> Result<(), JobError> {
         let now = now_ms();
         let mut ctx = CallEmail::new(tenant, record, summary);
+        ctx.utc_offset_minutes = crate::tenants::utc_offset_minutes(&tenant.timezone, record.started_at_ms);
         ctx.summary_unavailable_reason = unavailable;
         let email = if tenant.summary_to.is_empty() {
             tracing::info!(call_sid = %record.call_sid, tenant = %tenant.id, "tenant has no summary_to: no email");

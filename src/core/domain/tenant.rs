@@ -73,6 +73,9 @@ pub struct Tenant {
     /// Caller silence (ms, nothing playing) after which the agent asks whether they are still
     /// there; after a second one it says goodbye and the call ends. 0 = never.
     pub idle_prompt_ms: u32,
+    /// IANA time zone of the business (`Europe/Rome`): call times in emails and "tomorrow" in
+    /// summaries are local. Validated when the tenants file is loaded.
+    pub timezone: String,
     /// Built-in tools the agent may use.
     pub tools: Vec<BuiltinTool>,
     /// What `business_info` answers.
