@@ -36,6 +36,33 @@ pub fn say_and_hangup(text: &str, language: &str) -> String {
     out
 }
 
+/// Transfer to a human: `[<Say language>text</Say>]<Dial [callerId]><Number>number</Number></Dial>`
+/// (protocols.md A.2.2). `say_first` is `(text, language)`, spoken before dialing; the
+/// language is mapped like [`say_and_hangup`]'s (see [`say_language`]). Without `action`,
+/// Twilio hangs up once the dialed party does, which is what a transfer wants.
+pub fn dial(number: &str, caller_id: Option<&str>, say_first: Option<(&str, &str)>) -> String {
+    let mut out = String::with_capacity(160 + number.len() + say_first.map_or(0, |(t, _)| t.len()));
+    out.push_str(DECLARATION);
+    out.push_str("<Response>");
+    if let Some((text, language)) = say_first {
+        out.push_str(r#"<Say language=""#);
+        push_escaped(&mut out, say_language(language));
+        out.push_str(r#"">"#);
+        push_escaped(&mut out, text);
+        out.push_str("</Say>");
+    }
+    out.push_str("<Dial");
+    if let Some(caller_id) = caller_id {
+        out.push_str(r#" callerId=""#);
+        push_escaped(&mut out, caller_id);
+        out.push('"');
+    }
+    out.push_str("><Number>");
+    push_escaped(&mut out, number);
+    out.push_str("</Number></Dial></Response>");
+    out
+}
+
 /// Twilio `<Say>` locale for a short language code (`it` → `it-IT`, `fr` → `fr-FR`, `en` →
 /// `en-US`, `de` → `de-DE`, `es` → `es-ES`, case-insensitive); anything else (including a code
 /// that already has a region) is passed through unchanged.
@@ -155,6 +182,48 @@ mod tests {
                  Tom &amp; Jerry&apos;s &lt;b&gt;&quot;bar&quot;&lt;/b&gt;</Say><Hangup/></Response>"
             )
         );
+    }
+
+    #[test]
+    fn dial_golden() {
+        assert_eq!(
+            dial("+390212345678", Some("+390298765432"), Some(("Ti passo un collega.", "it"))),
+            format!(
+                "{DECL}<Response><Say language=\"it-IT\">Ti passo un collega.</Say>\
+                 <Dial callerId=\"+390298765432\"><Number>+390212345678</Number></Dial></Response>"
+            )
+        );
+    }
+
+    #[test]
+    fn dial_without_options() {
+        assert_eq!(
+            dial("+15557654321", None, None),
+            format!("{DECL}<Response><Dial><Number>+15557654321</Number></Dial></Response>")
+        );
+    }
+
+    #[test]
+    fn dial_escapes_hostile_values() {
+        let got = dial(
+            "+39</Number><Number>+1900",
+            Some("\"><Hangup/><x y=\"&"),
+            Some(("Tom & Jerry's <Hangup/>\nline two\r", "it\" voice=\"x")),
+        );
+        assert_eq!(
+            got,
+            format!(
+                "{DECL}<Response><Say language=\"it&quot; voice=&quot;x\">\
+                 Tom &amp; Jerry&apos;s &lt;Hangup/&gt;&#10;line two&#13;</Say>\
+                 <Dial callerId=\"&quot;&gt;&lt;Hangup/&gt;&lt;x y=&quot;&amp;\">\
+                 <Number>+39&lt;/Number&gt;&lt;Number&gt;+1900</Number></Dial></Response>"
+            )
+        );
+        // Structure is intact: exactly one of each element we emit, none injected.
+        for tag in ["<Say ", "<Dial", "<Number>", "</Number>", "</Dial>"] {
+            assert_eq!(got.matches(tag).count(), 1, "{tag} in {got}");
+        }
+        assert!(!got.contains("<Hangup"));
     }
 
     #[test]
