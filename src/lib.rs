@@ -4,7 +4,7 @@
 //! Layout (imports point down):
 //! - [`core`]: pure logic (codecs, VAD, resampling, protocol messages, signatures, TwiML,
 //!   the per-call session state machine). No sockets, files, env or clock.
-//! - [`tenants`], [`openai`], [`mail`], [`media`]: adapters.
+//! - [`tenants`], [`openai`], [`mail`], [`media`], [`twilio_rest`]: adapters.
 //! - [`bridge`]: the per-call owner task.
 //! - [`http`]: routes. [`app`]: composition root.
 //! - [`testkit`]: in-repo fakes (Realtime server, Twilio Media Streams client) shared by the
@@ -24,4 +24,5 @@ pub mod store;
 pub mod telemetry;
 pub mod tenants;
 pub mod testkit;
+pub mod twilio_rest;
 pub mod worker;
