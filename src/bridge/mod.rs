@@ -5,6 +5,7 @@
 pub mod prewarm;
 pub mod sink;
 pub mod tools;
+pub mod webhook;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};

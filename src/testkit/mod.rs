@@ -11,6 +11,8 @@
 //!   real-time playback clock, echoing marks and honouring `clear`).
 //! - [`fake_twilio_rest`]: Twilio's REST "update a Call" endpoint (hang up, redirect), with
 //!   basic-auth and form checks, recorded requests and scripted error replies.
+//! - [`fake_webhook`]: a tenant's webhook-tool endpoint that verifies the request signature,
+//!   records the calls and answers a scripted JSON, status or delay.
 //! - [`smtp_sink`]: a fake SMTP server (plain TCP) that records what it is sent, with fault
 //!   modes (`451`, `550`, hang-up) and stop/restart on the same port; see its module docs.
 //!
@@ -79,6 +81,7 @@
 pub mod fake_openai_http;
 pub mod fake_realtime;
 pub mod fake_twilio_rest;
+pub mod fake_webhook;
 pub mod pg;
 pub mod smtp_sink;
 pub mod twilio_client;
@@ -86,6 +89,7 @@ pub mod twilio_client;
 pub use fake_openai_http::{ChatReply, TranscriptionReply, TranscriptionRequest};
 pub use fake_realtime::{FakeRealtime, FakeScript, Handshake, RecordedEvent, TruncateRecord};
 pub use fake_twilio_rest::{FakeTwilioRest, RestRequest};
+pub use fake_webhook::{FakeWebhook, WebhookRequest};
 pub use smtp_sink::{ReceivedMail, SinkMode, SmtpSink};
 pub use twilio_client::{
     CallStats, ClearRecord, MarkEcho, PlaybackRun, StartParams, TwilioCall, TwimlStream, UpgradeRefused,
