@@ -401,6 +401,11 @@ mod tests {
         assert_eq!(fits.len(), MAX_RESPONSE_BYTES);
         fake.set_response(200, "application/json", &fits);
         assert_eq!(run().await, fits);
+        // Without Content-Length the limit is enforced while reading.
+        fake.set_chunked(true);
+        assert_eq!(run().await, fits);
+        fake.set_response(200, "application/json", &big);
+        assert_eq!(run().await, r#"{"error":"the lookup service answered with too much data"}"#);
         assert!(fake.violations().is_empty(), "{:?}", fake.violations());
     }
 

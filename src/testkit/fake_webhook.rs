@@ -8,7 +8,7 @@
 //! other than JSON, a body that is not JSON or lacks `tool`/`arguments`/`call`, or a
 //! `User-Agent` other than `switchboard/…`. Otherwise the answer is the scripted one: `{"ok":true}`
 //! by default, [`FakeWebhook::set_reply`] / [`FakeWebhook::set_response`] to change it, after
-//! [`FakeWebhook::set_delay`] if set.
+//! [`FakeWebhook::set_delay`] if set, chunked if [`FakeWebhook::set_chunked`].
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -42,6 +42,8 @@ struct Script {
     content_type: String,
     body: String,
     delay: Duration,
+    /// Send the body in 1 KiB chunks without `Content-Length`.
+    chunked: bool,
 }
 
 struct Inner {
@@ -88,6 +90,7 @@ impl FakeWebhook {
                 content_type: "application/json".into(),
                 body: json!({"ok": true}).to_string(),
                 delay: Duration::ZERO,
+                chunked: false,
             }),
             requests: Mutex::new(Vec::new()),
             violations: Mutex::new(Vec::new()),
@@ -118,6 +121,11 @@ impl FakeWebhook {
         s.status = status;
         s.content_type = content_type.to_string();
         s.body = body.to_string();
+    }
+
+    /// Send answers chunked (no `Content-Length`), so a client must bound what it reads itself.
+    pub fn set_chunked(&self, chunked: bool) {
+        lock(&self.inner.script).chunked = chunked;
     }
 
     /// Wait this long before answering (zero: answer at once).
@@ -218,5 +226,11 @@ async fn hook(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) 
         tokio::time::sleep(script.delay).await;
     }
     let status = StatusCode::from_u16(script.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if script.chunked {
+        let chunks: Vec<Result<Bytes, std::io::Error>> =
+            script.body.into_bytes().chunks(1024).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
+        return (status, [("content-type", script.content_type)], body).into_response();
+    }
     (status, [("content-type", script.content_type)], script.body).into_response()
 }
