@@ -17,19 +17,47 @@
 //! fallback = false           # optional: answers numbers no tenant lists (at most one)
 //! idle_prompt_ms = 10000      # optional: silence before "are you still there?"; 0 = off
 //! timezone = "Europe/Rome"    # optional (default UTC): times in emails and summaries are local
+//! tools = ["end_call", "business_info"]   # optional (default: every built-in the tenant can use)
+//! transfer_number = "+39021111199"  # optional: shorthand for one transfer target named "staff"
 //! [tenants.turn_detection]   # optional: threshold, prefix_padding_ms, silence_duration_ms
 //! [tenants.barge_in]         # optional: enabled, min_speech_ms, vad_mode, playback_lead_ms
+//! [tenants.business]         # optional: address, hours, highlights, notes (business_info)
+//!
+//! [[tenants.transfer]]       # optional, instead of transfer_number: named targets, first = default
+//! name = "kitchen"           # lowercase letters, digits, `_`, `-`; unique
+//! number = "+39021111198"    # E.164; not one of the tenant's own numbers
+//!
+//! [tenants.booking]          # optional: enables take_booking
+//! min_party = 1              # default 1
+//! max_party = 12             # required, >= min_party
+//! last_booking_minutes = 30  # default 30: last booking this long before a service closes
+//! max_days_ahead = 60        # default 60
+//! [tenants.booking.hours]    # required: per day (mon..sun) a list of "HH:MM-HH:MM"; missing = closed
+//! tue = ["12:00-14:30", "19:00-22:30"]
+//! fri = ["19:00-01:00"]      # a close earlier than the open runs past midnight
+//!
+//! [tenants.dtmf]             # optional: key (0-9, *, #) -> "transfer", "transfer:<name>", "end_call"
+//! "0" = "transfer"
+//!
+//! [[tenants.webhook_tools]]  # optional: tools answered by an HTTP POST to the business's server
+//! name = "check_loyalty"     # ^[a-z][a-z0-9_]{0,63}$, not a built-in tool's name, unique
+//! description = "Loyalty points of a customer, by phone number"
+//! parameters = { type = "object", properties = { phone = { type = "string" } }, required = ["phone"] }
+//! url = "https://crm.example.com/hooks/loyalty"  # https; http only to 127.0.0.1/localhost
+//! secret = "at least 16 characters"  # or secret_env = "CRM_SECRET" (read from the environment)
+//! timeout_ms = 5000          # default 5000, 100..=30000
+//! side_effects = false       # default false: true if the call changes something
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::core::domain::tenant::{
-    AudioFormat, BargeIn, BuiltinTool, BusinessInfo, DEFAULT_IDLE_PROMPT_MS, Tenant, TenantDirectory, TurnDetection,
-    normalize_e164,
+    AudioFormat, BargeIn, BookingRules, BuiltinTool, BusinessInfo, DAY_MINUTES, DEFAULT_IDLE_PROMPT_MS, DtmfAction,
+    Tenant, TenantDirectory, TransferTarget, TurnDetection, WebhookTool, WeeklyHours, hhmm, normalize_e164,
 };
 
 /// Voices the Realtime API accepts.
@@ -102,7 +130,66 @@ struct RawTenant {
     /// Built-in tools the agent may use (default: all).
     tools: Option<Vec<String>>,
     business: Option<RawBusiness>,
+    /// Shorthand for one transfer target named [`DEFAULT_TRANSFER_NAME`].
+    transfer_number: Option<String>,
+    /// Named transfer targets; the first is the default.
+    transfer: Option<Vec<RawTransfer>>,
+    booking: Option<RawBooking>,
+    /// Key -> action; a map so that bad keys are reported as problems, not parse errors.
+    dtmf: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    webhook_tools: Vec<RawWebhookTool>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTransfer {
+    name: Option<String>,
+    number: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBooking {
+    min_party: Option<i64>,
+    max_party: Option<i64>,
+    last_booking_minutes: Option<i64>,
+    max_days_ahead: Option<i64>,
+    /// Day name -> ranges; a map so that a misspelt day is reported with the other problems.
+    hours: Option<BTreeMap<String, Vec<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhookTool {
+    name: Option<String>,
+    description: Option<String>,
+    parameters: Option<serde_json::Value>,
+    url: Option<String>,
+    secret: Option<String>,
+    secret_env: Option<String>,
+    timeout_ms: Option<i64>,
+    #[serde(default)]
+    side_effects: bool,
+}
+
+impl std::fmt::Debug for RawWebhookTool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawWebhookTool")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("secret_env", &self.secret_env)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The name `transfer_number` gives its target.
+pub const DEFAULT_TRANSFER_NAME: &str = "staff";
+/// Shortest webhook secret accepted.
+pub const MIN_WEBHOOK_SECRET_CHARS: usize = 16;
+/// Day keys of `[tenants.booking.hours]`, index 0 = Monday.
+const DAY_KEYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -142,7 +229,7 @@ pub fn load(path: &Path) -> Result<TenantDirectory, TenantsError> {
     let file: TenantsFile =
         toml::from_str(&text).map_err(|source| TenantsError::Parse { path: path.to_path_buf(), source })?;
     let base = path.parent().unwrap_or_else(|| Path::new(""));
-    let tenants = build(file, |p| read_prompt(base, p))
+    let tenants = build(file, |p| read_prompt(base, p), |k| std::env::var(k).ok())
         .map_err(|problems| TenantsError::Invalid { path: path.to_path_buf(), problems })?;
     Ok(TenantDirectory::new(tenants))
 }
@@ -158,10 +245,12 @@ fn read_prompt(base: &Path, prompt_file: &str) -> Result<String, String> {
     Ok(text)
 }
 
-/// Validates all tenants; on any problem returns every problem found.
+/// Validates all tenants; on any problem returns every problem found. `env` looks up the
+/// environment variables named by `secret_env`.
 fn build(
     file: TenantsFile,
     mut read_prompt: impl FnMut(&str) -> Result<String, String>,
+    env: impl Fn(&str) -> Option<String>,
 ) -> Result<Vec<Tenant>, Vec<String>> {
     let mut problems = Vec::new();
     if file.tenants.is_empty() {
@@ -174,7 +263,7 @@ fn build(
             _ => format!("tenant #{}", i + 1),
         };
         let mut local = Vec::new();
-        let tenant = check_tenant(raw, &mut read_prompt, &mut local);
+        let tenant = check_tenant(raw, &mut read_prompt, &env, &mut local);
         problems.extend(local.into_iter().map(|p| format!("{label}: {p}")));
         tenants.push(tenant);
     }
@@ -186,6 +275,7 @@ fn build(
 fn check_tenant(
     raw: RawTenant,
     read_prompt: &mut impl FnMut(&str) -> Result<String, String>,
+    env: &impl Fn(&str) -> Option<String>,
     problems: &mut Vec<String>,
 ) -> Tenant {
     let id = required("id", raw.id, problems);
@@ -309,15 +399,31 @@ fn check_tenant(
         v => ranged("idle_prompt_ms", v, 3000, 300_000, DEFAULT_IDLE_PROMPT_MS, problems),
     };
 
+    let transfer = check_transfer(raw.transfer_number, raw.transfer, &numbers, problems);
+    let booking = raw.booking.map(|b| check_booking(b, problems));
+    let dtmf = check_dtmf(raw.dtmf.unwrap_or_default(), &transfer, problems);
+    let webhook_tools = check_webhook_tools(raw.webhook_tools, env, problems);
+
+    // Transfer and booking need their configuration: by default they are offered only with it,
+    // and listing them without it is a mistake.
+    let missing_config = |t: BuiltinTool| match t {
+        BuiltinTool::TransferCall if transfer.is_empty() => Some("`transfer_number` or [[tenants.transfer]]"),
+        BuiltinTool::TakeBooking if booking.is_none() => Some("[tenants.booking]"),
+        _ => None,
+    };
     let tools = match raw.tools {
-        None => BuiltinTool::ALL.to_vec(),
+        None => BuiltinTool::ALL.into_iter().filter(|&t| missing_config(t).is_none()).collect(),
         Some(names) => names
             .iter()
             .filter_map(|n| {
                 let t = BuiltinTool::from_name(n);
-                if t.is_none() {
-                    let known: Vec<&str> = BuiltinTool::ALL.iter().map(|t| t.name()).collect();
-                    problems.push(format!("unknown tool {n:?} (known: {})", known.join(", ")));
+                match t.map(|t| (t, missing_config(t))) {
+                    None => {
+                        let known: Vec<&str> = BuiltinTool::ALL.iter().map(|t| t.name()).collect();
+                        problems.push(format!("unknown tool {n:?} (known: {})", known.join(", ")));
+                    }
+                    Some((_, Some(needs))) => problems.push(format!("tool {n:?} needs {needs}")),
+                    Some((_, None)) => {}
                 }
                 t
             })
@@ -351,6 +457,377 @@ fn check_tenant(
         timezone,
         tools,
         business,
+        transfer,
+        booking,
+        dtmf,
+        webhook_tools,
+    }
+}
+
+/// `transfer_number` or `[[tenants.transfer]]` (not both) as targets, numbers normalised.
+fn check_transfer(
+    number: Option<String>,
+    list: Option<Vec<RawTransfer>>,
+    own_numbers: &[String],
+    problems: &mut Vec<String>,
+) -> Vec<TransferTarget> {
+    let (raw, shorthand) = match (number, list) {
+        (Some(_), Some(_)) => {
+            problems.push("use either `transfer_number` or [[tenants.transfer]], not both".to_owned());
+            return Vec::new();
+        }
+        (Some(n), None) => (vec![RawTransfer { name: Some(DEFAULT_TRANSFER_NAME.to_owned()), number: Some(n) }], true),
+        (None, Some(list)) => (list, false),
+        (None, None) => return Vec::new(),
+    };
+    let mut targets: Vec<TransferTarget> = Vec::with_capacity(raw.len());
+    for (i, RawTransfer { name, number }) in raw.into_iter().enumerate() {
+        let name = name.map(|n| n.trim().to_owned()).unwrap_or_default();
+        let label = match (shorthand, name.is_empty()) {
+            (true, _) => "`transfer_number`".to_owned(),
+            (false, true) => format!("transfer target #{}", i + 1),
+            (false, false) => format!("transfer target {name:?}"),
+        };
+        if name.is_empty() {
+            problems.push(format!("{label}: missing `name`"));
+        } else if !is_target_name(&name) {
+            problems.push(format!(
+                "{label}: the name must be lowercase letters, digits, `_` or `-`, starting with a letter (at most 32)"
+            ));
+        } else if targets.iter().any(|t| t.name == name) {
+            problems.push(format!("{label} is listed twice"));
+        }
+        let number = match number.as_deref().map(normalize_e164) {
+            None => {
+                problems.push(format!("{label}: missing `number`"));
+                String::new()
+            }
+            Some(None) => {
+                problems.push(format!(
+                    "{label}: {:?} is not a phone number (E.164 expected, e.g. +39021111199)",
+                    number.unwrap_or_default()
+                ));
+                String::new()
+            }
+            Some(Some(n)) => {
+                if own_numbers.contains(&n) {
+                    problems
+                        .push(format!("{label}: {n} is one of this tenant's own numbers (the call would come back)"));
+                }
+                n
+            }
+        };
+        targets.push(TransferTarget { name, number });
+    }
+    targets
+}
+
+/// `^[a-z][a-z0-9_-]{0,31}$`
+fn is_target_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    s.len() <= 32
+        && b.next().is_some_and(|c| c.is_ascii_lowercase())
+        && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
+}
+
+/// `[tenants.booking]` as rules; problems for whatever is wrong (the rules are then unusable,
+/// but the tenant is rejected anyway).
+fn check_booking(raw: RawBooking, problems: &mut Vec<String>) -> BookingRules {
+    let min_party = ranged("booking.min_party", raw.min_party, 1, 1000, 1, problems);
+    let max_party = match raw.max_party {
+        None => {
+            problems.push("missing `booking.max_party`".to_owned());
+            min_party
+        }
+        v => ranged("booking.max_party", v, 1, 1000, min_party, problems),
+    };
+    if max_party < min_party {
+        problems.push(format!("`booking.max_party` ({max_party}) must be at least `booking.min_party` ({min_party})"));
+    }
+    let last_booking_before_close_min =
+        ranged("booking.last_booking_minutes", raw.last_booking_minutes, 0, 720, 30, problems);
+    let max_days_ahead = ranged("booking.max_days_ahead", raw.max_days_ahead, 0, 730, 60, problems);
+    let hours = match raw.hours {
+        None => {
+            problems.push("missing [tenants.booking.hours] (e.g. tue = [\"12:00-14:30\", \"19:00-22:30\"])".to_owned());
+            WeeklyHours::default()
+        }
+        Some(days) => check_hours(days, problems),
+    };
+    BookingRules { min_party, max_party, hours, last_booking_before_close_min, max_days_ahead }
+}
+
+/// `mon..sun` -> `"HH:MM-HH:MM"` lists as sorted services, with overlaps reported.
+fn check_hours(days: BTreeMap<String, Vec<String>>, problems: &mut Vec<String>) -> WeeklyHours {
+    let mut hours = WeeklyHours::default();
+    for (day, ranges) in days {
+        let Some(d) = DAY_KEYS.iter().position(|&k| k == day) else {
+            problems.push(format!("`booking.hours` has an unknown day {day:?} (use {})", DAY_KEYS.join(", ")));
+            continue;
+        };
+        for range in ranges {
+            match parse_range(&range) {
+                Ok(service) => hours.days[d].push(service),
+                Err(why) => problems.push(format!("`booking.hours.{day}` entry {range:?} {why}")),
+            }
+        }
+        hours.days[d].sort_unstable();
+        for pair in hours.days[d].windows(2) {
+            if pair[1].0 < pair[0].1 {
+                problems.push(format!(
+                    "`booking.hours.{day}`: {}-{} and {}-{} overlap",
+                    hhmm(pair[0].0),
+                    hhmm(pair[0].1),
+                    hhmm(pair[1].0),
+                    hhmm(pair[1].1)
+                ));
+            }
+        }
+    }
+    // A service past midnight must end before the next day's first one starts.
+    for (d, day) in DAY_KEYS.iter().enumerate() {
+        let next = (d + 1) % 7;
+        let spill = hours.days[d].iter().map(|&(_, c)| c).max().filter(|&c| c > DAY_MINUTES);
+        if let (Some(close), Some(&(open, _))) = (spill, hours.days[next].first())
+            && open < close - DAY_MINUTES
+        {
+            problems.push(format!(
+                "`booking.hours.{day}` runs until {} and `booking.hours.{}` opens at {}: they overlap",
+                hhmm(close),
+                DAY_KEYS[next],
+                hhmm(open)
+            ));
+        }
+    }
+    if hours.is_always_closed() {
+        problems.push("`booking.hours` has no open day: no booking could ever be taken".to_owned());
+    }
+    hours
+}
+
+/// `"19:00-22:30"` -> `(1140, 1350)`; `"19:00-01:00"` (past midnight) -> `(1140, 1500)`;
+/// `24:00` is accepted as a closing time.
+fn parse_range(s: &str) -> Result<(u16, u16), &'static str> {
+    const SHAPE: &str = "is not a time range HH:MM-HH:MM (24-hour clock)";
+    let (open, close) = s.split_once('-').ok_or(SHAPE)?;
+    let minute = |t: &str| -> Option<u16> {
+        let (h, m) = t.trim().split_once(':')?;
+        if h.is_empty() || h.len() > 2 || m.len() != 2 || !(h.bytes().chain(m.bytes())).all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+        (m < 60 && (h < 24 || (h == 24 && m == 0))).then_some(h * 60 + m)
+    };
+    let (open, close) = (minute(open).ok_or(SHAPE)?, minute(close).ok_or(SHAPE)?);
+    if open >= DAY_MINUTES {
+        return Err("cannot open at 24:00 (use 00:00 of the next day)");
+    }
+    match close.cmp(&open) {
+        std::cmp::Ordering::Greater => Ok((open, close)),
+        std::cmp::Ordering::Equal => Err("opens and closes at the same time"),
+        // Closes after midnight.
+        std::cmp::Ordering::Less => Ok((open, close + DAY_MINUTES)),
+    }
+}
+
+/// `[tenants.dtmf]` in key order; transfer targets must exist.
+fn check_dtmf(
+    map: BTreeMap<String, String>,
+    transfer: &[TransferTarget],
+    problems: &mut Vec<String>,
+) -> Vec<(char, DtmfAction)> {
+    let mut out = Vec::with_capacity(map.len());
+    for (key, action) in map {
+        let mut chars = key.chars();
+        let k = match (chars.next(), chars.next()) {
+            (Some(c), None) if c.is_ascii_digit() || c == '*' || c == '#' => c,
+            _ => {
+                problems.push(format!("`dtmf` key {key:?} must be one of 0-9, * or #"));
+                continue;
+            }
+        };
+        let parsed = match action.trim() {
+            "end_call" => DtmfAction::EndCall,
+            "transfer" => {
+                if transfer.is_empty() {
+                    problems
+                        .push(format!("`dtmf` {key:?} = \"transfer\" needs `transfer_number` or [[tenants.transfer]]"));
+                }
+                DtmfAction::Transfer(None)
+            }
+            a => match a.strip_prefix("transfer:") {
+                Some(name) => {
+                    let name = name.trim();
+                    if !transfer.iter().any(|t| t.name == name) {
+                        let known: Vec<&str> = transfer.iter().map(|t| t.name.as_str()).collect();
+                        problems.push(format!(
+                            "`dtmf` {key:?} = {action:?}: no transfer target named {name:?} (known: {})",
+                            if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                        ));
+                    }
+                    DtmfAction::Transfer(Some(name.to_owned()))
+                }
+                None => {
+                    problems.push(format!(
+                        "`dtmf` {key:?} = {action:?} is not an action (use \"transfer\", \"transfer:<name>\" or \"end_call\")"
+                    ));
+                    continue;
+                }
+            },
+        };
+        out.push((k, parsed));
+    }
+    out
+}
+
+/// `[[tenants.webhook_tools]]`, with secrets resolved from the environment where asked.
+fn check_webhook_tools(
+    raw: Vec<RawWebhookTool>,
+    env: &impl Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) -> Vec<WebhookTool> {
+    let mut tools: Vec<WebhookTool> = Vec::with_capacity(raw.len());
+    for (i, w) in raw.into_iter().enumerate() {
+        let name = w.name.map(|n| n.trim().to_owned()).unwrap_or_default();
+        let label = if name.is_empty() { format!("webhook tool #{}", i + 1) } else { format!("webhook tool {name:?}") };
+        if name.is_empty() {
+            problems.push(format!("{label}: missing `name`"));
+        } else if !is_tool_name(&name) {
+            problems.push(format!(
+                "{label}: the name must match ^[a-z][a-z0-9_]{{0,63}}$ (lowercase letters, digits, `_`)"
+            ));
+        } else if BuiltinTool::from_name(&name).is_some() {
+            problems.push(format!("{label}: the name is a built-in tool's"));
+        } else if tools.iter().any(|t| t.name == name) {
+            problems.push(format!("{label} is listed twice"));
+        }
+
+        let description = w.description.map(|d| d.trim().to_owned()).unwrap_or_default();
+        if description.is_empty() {
+            problems.push(format!("{label}: missing `description` (the model decides from it when to call the tool)"));
+        }
+
+        let parameters = match w.parameters {
+            None => {
+                problems.push(format!(
+                    "{label}: missing `parameters` (a JSON schema, e.g. {{ type = \"object\", properties = {{}} }})"
+                ));
+                serde_json::json!({"type": "object", "properties": {}})
+            }
+            Some(p) => {
+                if let Err(why) = check_schema(&p) {
+                    problems.push(format!("{label}: `parameters` {why}"));
+                }
+                p
+            }
+        };
+
+        let url = w.url.map(|u| u.trim().to_owned()).unwrap_or_default();
+        if url.is_empty() {
+            problems.push(format!("{label}: missing `url`"));
+        } else if let Err(why) = check_webhook_url(&url) {
+            problems.push(format!("{label}: `url` {url:?} {why}"));
+        }
+
+        let secret = match (w.secret, w.secret_env) {
+            (Some(_), Some(_)) => {
+                problems.push(format!("{label}: use either `secret` or `secret_env`, not both"));
+                String::new()
+            }
+            (None, None) => {
+                problems.push(format!("{label}: missing `secret` (or `secret_env`, to read it from the environment)"));
+                String::new()
+            }
+            (Some(s), None) => {
+                if s.chars().count() < MIN_WEBHOOK_SECRET_CHARS {
+                    problems.push(format!("{label}: `secret` must be at least {MIN_WEBHOOK_SECRET_CHARS} characters"));
+                }
+                s
+            }
+            (None, Some(var)) => match env(var.trim()) {
+                None => {
+                    problems.push(format!("{label}: `secret_env` {var:?} is not set in the environment"));
+                    String::new()
+                }
+                Some(s) => {
+                    if s.chars().count() < MIN_WEBHOOK_SECRET_CHARS {
+                        problems.push(format!(
+                            "{label}: the secret in ${var} must be at least {MIN_WEBHOOK_SECRET_CHARS} characters"
+                        ));
+                    }
+                    s
+                }
+            },
+        };
+
+        let timeout_ms = ranged("webhook_tools.timeout_ms", w.timeout_ms, 100, 30_000, 5000, problems);
+        tools.push(WebhookTool {
+            name,
+            description,
+            parameters,
+            url,
+            secret,
+            timeout_ms,
+            side_effects: w.side_effects,
+        });
+    }
+    tools
+}
+
+/// `^[a-z][a-z0-9_]{0,63}$` (what the Realtime API accepts, kept simple).
+fn is_tool_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    s.len() <= 64
+        && b.next().is_some_and(|c| c.is_ascii_lowercase())
+        && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+}
+
+/// A JSON schema for function arguments: an object schema whose `properties` (if any) is an
+/// object and whose `required` (if any) lists declared properties.
+fn check_schema(p: &serde_json::Value) -> Result<(), String> {
+    let Some(obj) = p.as_object() else {
+        return Err("must be a table (a JSON schema object)".to_owned());
+    };
+    if obj.get("type").and_then(serde_json::Value::as_str) != Some("object") {
+        return Err("must have type = \"object\"".to_owned());
+    }
+    let properties = match obj.get("properties") {
+        None => None,
+        Some(serde_json::Value::Object(props)) => Some(props),
+        Some(_) => return Err("`properties` must be a table".to_owned()),
+    };
+    if let Some(required) = obj.get("required") {
+        let Some(list) = required.as_array() else {
+            return Err("`required` must be a list of property names".to_owned());
+        };
+        for r in list {
+            let Some(name) = r.as_str() else {
+                return Err("`required` must be a list of property names".to_owned());
+            };
+            if !properties.is_some_and(|props| props.contains_key(name)) {
+                return Err(format!("`required` names {name:?}, which is not in `properties`"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `https://…`; plain `http://` only to this machine (tests, a local sidecar). No credentials
+/// in the URL (they would end up in logs).
+fn check_webhook_url(url: &str) -> Result<(), &'static str> {
+    let parsed = reqwest::Url::parse(url).map_err(|_| "is not a URL")?;
+    let host = parsed.host_str().unwrap_or_default();
+    if host.is_empty() {
+        return Err("has no host");
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("must not contain credentials (use `secret`)");
+    }
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if matches!(host, "127.0.0.1" | "localhost" | "[::1]") => Ok(()),
+        "http" => Err("must use https (http is allowed only to 127.0.0.1 or localhost)"),
+        _ => Err("must be an https URL"),
     }
 }
 
@@ -360,6 +837,15 @@ pub fn utc_offset_minutes(zone: &str, at_ms: u64) -> i32 {
     let Ok(tz) = jiff::tz::TimeZone::get(zone) else { return 0 };
     let Ok(ts) = jiff::Timestamp::from_millisecond(i64::try_from(at_ms).unwrap_or(0)) else { return 0 };
     tz.to_offset(ts).seconds() / 60
+}
+
+/// The local date and time in `zone` at `at_ms` (Unix ms), for booking checks and the
+/// session's "Today is …" line. A zone that does not resolve counts as UTC.
+pub fn local_datetime(zone: &str, at_ms: u64) -> time::PrimitiveDateTime {
+    let nanos = i128::from(at_ms) * 1_000_000;
+    let utc = time::OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let local = utc + time::Duration::minutes(i64::from(utc_offset_minutes(zone, at_ms)));
+    time::PrimitiveDateTime::new(local.date(), local.time())
 }
 
 /// A required string field: the value, or a problem if it is missing or blank.
@@ -662,6 +1148,20 @@ api_keys_sha256 = []
 
         let mario = dir.resolve("+39 02 111 1111").unwrap();
         assert_eq!(mario.id, "trattoria-mario");
+        assert_eq!(mario.tools, BuiltinTool::ALL.to_vec());
+        assert_eq!(mario.transfer, vec![TransferTarget { name: "staff".into(), number: "+39021111199".into() }]);
+        assert_eq!(mario.dtmf, vec![('0', DtmfAction::Transfer(None))]);
+        let booking = mario.booking.as_ref().unwrap();
+        assert_eq!((booking.min_party, booking.max_party), (1, 10));
+        // The booking hours say what `business.hours` says.
+        assert_eq!(
+            booking.hours.describe(),
+            "Mon closed; Tue 12:00–14:30, 19:00–22:30; Wed 12:00–14:30, 19:00–22:30; Thu 12:00–14:30, \
+             19:00–22:30; Fri 12:00–14:30, 19:00–22:30; Sat 12:00–14:30, 19:00–22:30; Sun 12:00–14:30"
+        );
+        assert!(
+            mario.business.hours.as_deref().unwrap().contains("pranzo mar-dom 12:00-14:30; cena mar-sab 19:00-22:30")
+        );
         assert_eq!(mario.language, "it");
         assert_eq!(mario.greeting, "Trattoria da Mario, buongiorno! Come posso aiutarla?");
         assert!(mario.instructions.ends_with(
@@ -917,7 +1417,8 @@ playback_lead_ms = 2000
     #[test]
     fn tools_default_to_all_and_unknown_ones_are_problems() {
         let all = load_str(&tenant_toml("a", "+39021111111", "")).unwrap();
-        assert_eq!(all.by_id("a").unwrap().tools, BuiltinTool::ALL.to_vec());
+        // Without transfer targets or booking rules, only the tools that need no configuration.
+        assert_eq!(all.by_id("a").unwrap().tools, vec![BuiltinTool::EndCall, BuiltinTool::BusinessInfo]);
         let some = load_str(&tenant_toml("a", "+39021111111", "tools = [\"business_info\"]")).unwrap();
         assert_eq!(some.by_id("a").unwrap().tools, vec![BuiltinTool::BusinessInfo]);
         assert_problem(&tenant_toml("a", "+39021111111", "tools = [\"launch\"]"), "unknown tool \"launch\"");
@@ -1067,5 +1568,291 @@ mod timezone_tests {
         assert_eq!(utc_offset_minutes("Europe/Rome", 1_768_435_200_000), 60);
         assert_eq!(utc_offset_minutes("UTC", 1_768_435_200_000), 0);
         assert_eq!(utc_offset_minutes("America/New_York", 1_768_435_200_000), -300);
+    }
+}
+
+#[cfg(test)]
+mod tools_config_tests {
+    use super::*;
+    use serde_json::json;
+
+    const BASE: &str = "[[tenants]]\nid = \"a\"\nname = \"A\"\nnumbers = [\"+39021111111\"]\nlanguage = \"it\"\n\
+                        voice = \"marin\"\nprompt_file = \"p.md\"\ngreeting = \"Ciao\"\nsummary_to = []\n\
+                        api_keys_sha256 = []\n";
+
+    /// Builds one tenant from `extra` (appended to a valid base) with a fake environment.
+    fn build_with_env(extra: &str, env: &[(&str, &str)]) -> Result<Tenant, Vec<String>> {
+        let file: TenantsFile = toml::from_str(&format!("{BASE}{extra}\n")).unwrap_or_else(|e| panic!("{e}"));
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        build(file, |_| Ok("prompt".to_owned()), |k| env.get(k).cloned()).map(|mut v| v.remove(0))
+    }
+
+    fn ok(extra: &str) -> Tenant {
+        build_with_env(extra, &[]).unwrap_or_else(|ps| panic!("{ps:#?}"))
+    }
+
+    fn problems(extra: &str) -> Vec<String> {
+        build_with_env(extra, &[]).expect_err("should be invalid")
+    }
+
+    fn assert_problem(extra: &str, needle: &str) {
+        let ps = problems(extra);
+        assert!(ps.iter().any(|p| p.contains(needle)), "no problem containing {needle:?} in {ps:#?}");
+    }
+
+    const BOOKING: &str = "[tenants.booking]\nmax_party = 12\n[tenants.booking.hours]\n\
+                           tue = [\"12:00-14:30\", \"19:00-22:30\"]\nfri = [\"19:00-01:00\"]\n";
+
+    #[test]
+    fn transfer_number_is_a_target_named_staff() {
+        let t = ok("transfer_number = \"+39 02 1111199\"");
+        assert_eq!(t.transfer, vec![TransferTarget { name: "staff".into(), number: "+39021111199".into() }]);
+        assert!(t.tools.contains(&BuiltinTool::TransferCall));
+        assert!(!t.tools.contains(&BuiltinTool::TakeBooking));
+    }
+
+    #[test]
+    fn named_transfer_targets_keep_their_order() {
+        let t = ok("[[tenants.transfer]]\nname = \"kitchen\"\nnumber = \"+39021111198\"\n\
+                    [[tenants.transfer]]\nname = \"front_desk\"\nnumber = \"0039 02 1111199\"");
+        let names: Vec<(&str, &str)> = t.transfer.iter().map(|x| (x.name.as_str(), x.number.as_str())).collect();
+        assert_eq!(names, [("kitchen", "+39021111198"), ("front_desk", "+39021111199")]);
+    }
+
+    #[test]
+    fn transfer_problems() {
+        assert_problem(
+            "transfer_number = \"+39021111199\"\n[[tenants.transfer]]\nname = \"k\"\nnumber = \"+39021111198\"",
+            "use either `transfer_number` or [[tenants.transfer]], not both",
+        );
+        assert_problem("transfer_number = \"021111199\"", "`transfer_number`: \"021111199\" is not a phone number");
+        assert_problem("transfer_number = \"+39021111111\"", "is one of this tenant's own numbers");
+        assert_problem("[[tenants.transfer]]\nnumber = \"+39021111198\"", "transfer target #1: missing `name`");
+        assert_problem("[[tenants.transfer]]\nname = \"bar\"", "transfer target \"bar\": missing `number`");
+        assert_problem(
+            "[[tenants.transfer]]\nname = \"Bar Desk\"\nnumber = \"+39021111198\"",
+            "transfer target \"Bar Desk\": the name must be lowercase",
+        );
+        assert_problem(
+            "[[tenants.transfer]]\nname = \"bar\"\nnumber = \"+39021111198\"\n\
+             [[tenants.transfer]]\nname = \"bar\"\nnumber = \"+39021111197\"",
+            "transfer target \"bar\" is listed twice",
+        );
+    }
+
+    #[test]
+    fn booking_rules_are_parsed_with_defaults() {
+        let t = ok(BOOKING);
+        let b = t.booking.as_ref().unwrap();
+        assert_eq!((b.min_party, b.max_party, b.last_booking_before_close_min, b.max_days_ahead), (1, 12, 30, 60));
+        assert_eq!(b.hours.days[1], vec![(720, 870), (1140, 1350)]);
+        assert_eq!(b.hours.days[4], vec![(1140, 1500)]);
+        assert!(b.hours.days[0].is_empty() && b.hours.days[6].is_empty());
+        assert!(t.tools.contains(&BuiltinTool::TakeBooking));
+        assert!(!t.tools.contains(&BuiltinTool::TransferCall));
+
+        let t = ok("[tenants.booking]\nmin_party = 2\nmax_party = 2\nlast_booking_minutes = 0\nmax_days_ahead = 7\n\
+                    [tenants.booking.hours]\nsun = [\"19:00 - 22:00\", \"12:00-14:00\"]\nmon = [\"18:00-24:00\"]");
+        let b = t.booking.unwrap();
+        assert_eq!((b.min_party, b.max_party, b.last_booking_before_close_min, b.max_days_ahead), (2, 2, 0, 7));
+        // Sorted by opening; 24:00 is a closing time.
+        assert_eq!(b.hours.days[6], vec![(720, 840), (1140, 1320)]);
+        assert_eq!(b.hours.days[0], vec![(1080, 1440)]);
+    }
+
+    #[test]
+    fn booking_problems_are_all_reported() {
+        let extra = "[tenants.booking]\nmin_party = 4\nmax_party = 2\nlast_booking_minutes = -1\n\
+                     max_days_ahead = 1000\n[tenants.booking.hours]\ntues = [\"12:00-14:00\"]\n\
+                     wed = [\"12:00-25:00\", \"12:00\", \"13:00-13:00\", \"12:60-13:00\", \"24:00-01:00\"]\n\
+                     thu = [\"12:00-15:00\", \"14:00-16:00\"]\nfri = [\"19:00-03:00\"]\nsat = [\"02:00-04:00\"]";
+        let ps = problems(extra);
+        let expected = [
+            "`booking.max_party` (2) must be at least `booking.min_party` (4)",
+            "`booking.last_booking_minutes` must be in 0..=720 (got -1)",
+            "`booking.max_days_ahead` must be in 0..=730 (got 1000)",
+            "`booking.hours` has an unknown day \"tues\" (use mon, tue, wed, thu, fri, sat, sun)",
+            "`booking.hours.wed` entry \"12:00-25:00\" is not a time range HH:MM-HH:MM",
+            "`booking.hours.wed` entry \"12:00\" is not a time range",
+            "`booking.hours.wed` entry \"13:00-13:00\" opens and closes at the same time",
+            "`booking.hours.wed` entry \"12:60-13:00\" is not a time range",
+            "`booking.hours.wed` entry \"24:00-01:00\" cannot open at 24:00",
+            "`booking.hours.thu`: 12:00-15:00 and 14:00-16:00 overlap",
+            "`booking.hours.fri` runs until 03:00 and `booking.hours.sat` opens at 02:00: they overlap",
+        ];
+        for needle in expected {
+            assert!(ps.iter().any(|p| p.contains(needle)), "no {needle:?} in {ps:#?}");
+        }
+        assert_eq!(ps.len(), expected.len(), "{ps:#?}");
+        assert!(ps.iter().all(|p| p.starts_with("tenant #1 (a): ")), "{ps:#?}");
+
+        assert_problem(
+            "[tenants.booking]\n[tenants.booking.hours]\ntue = [\"12:00-14:00\"]",
+            "missing `booking.max_party`",
+        );
+        assert_problem("[tenants.booking]\nmax_party = 4", "missing [tenants.booking.hours]");
+        assert_problem("[tenants.booking]\nmax_party = 4\n[tenants.booking.hours]", "`booking.hours` has no open day");
+        assert_problem(
+            "[tenants.booking]\nmin_party = 0\nmax_party = 4\n[tenants.booking.hours]\ntue = [\"12:00-14:00\"]",
+            "`booking.min_party` must be in 1..=1000 (got 0)",
+        );
+        // Unknown fields in the booking table are parse errors, like everywhere else.
+        let file = format!("{BASE}[tenants.booking]\nmax_party = 4\nlast_booking = 30\n");
+        assert!(toml::from_str::<TenantsFile>(&file).is_err());
+    }
+
+    #[test]
+    fn dtmf_keys_and_actions() {
+        let t = ok("[[tenants.transfer]]\nname = \"kitchen\"\nnumber = \"+39021111198\"\n\
+                    [[tenants.transfer]]\nname = \"staff\"\nnumber = \"+39021111199\"\n\
+                    [tenants.dtmf]\n\"0\" = \"transfer\"\n\"1\" = \"transfer:staff\"\n\"#\" = \"end_call\"");
+        assert_eq!(
+            t.dtmf,
+            vec![
+                ('#', DtmfAction::EndCall),
+                ('0', DtmfAction::Transfer(None)),
+                ('1', DtmfAction::Transfer(Some("staff".into()))),
+            ]
+        );
+        let ps = problems(
+            "transfer_number = \"+39021111199\"\n[tenants.dtmf]\n\"10\" = \"end_call\"\n\
+                           \"a\" = \"end_call\"\n\"2\" = \"transfer:bar\"\n\"3\" = \"dance\"\n\"*\" = \"end_call\"",
+        );
+        let expected = [
+            "`dtmf` key \"10\" must be one of 0-9, * or #",
+            "`dtmf` key \"a\" must be one of 0-9, * or #",
+            "`dtmf` \"2\" = \"transfer:bar\": no transfer target named \"bar\" (known: staff)",
+            "`dtmf` \"3\" = \"dance\" is not an action",
+        ];
+        for needle in expected {
+            assert!(ps.iter().any(|p| p.contains(needle)), "no {needle:?} in {ps:#?}");
+        }
+        assert_eq!(ps.len(), expected.len(), "{ps:#?}");
+        assert_problem("[tenants.dtmf]\n\"0\" = \"transfer\"", "`dtmf` \"0\" = \"transfer\" needs `transfer_number`");
+    }
+
+    #[test]
+    fn builtin_tools_that_need_configuration() {
+        assert_problem(
+            "tools = [\"transfer_call\"]",
+            "tool \"transfer_call\" needs `transfer_number` or [[tenants.transfer]]",
+        );
+        assert_problem("tools = [\"take_booking\"]", "tool \"take_booking\" needs [tenants.booking]");
+        let t = ok(&format!("transfer_number = \"+39021111199\"\ntools = [\"take_booking\", \"end_call\"]\n{BOOKING}"));
+        assert_eq!(t.tools, vec![BuiltinTool::TakeBooking, BuiltinTool::EndCall]);
+        let t = ok(&format!("transfer_number = \"+39021111199\"\n{BOOKING}"));
+        assert_eq!(t.tools, BuiltinTool::ALL.to_vec());
+    }
+
+    const WEBHOOK: &str = "[[tenants.webhook_tools]]\nname = \"check_loyalty\"\ndescription = \"Loyalty points\"\n\
+                           parameters = { type = \"object\", properties = { phone = { type = \"string\" } }, \
+                           required = [\"phone\"] }\nurl = \"https://crm.example.com/hooks/loyalty\"\n";
+
+    #[test]
+    fn webhook_tools_are_parsed_with_defaults() {
+        let t = ok(&format!("{WEBHOOK}secret = \"0123456789abcdef\""));
+        assert_eq!(t.webhook_tools.len(), 1);
+        let w = &t.webhook_tools[0];
+        assert_eq!(w.name, "check_loyalty");
+        assert_eq!(w.description, "Loyalty points");
+        assert_eq!(
+            w.parameters,
+            json!({"type": "object", "properties": {"phone": {"type": "string"}}, "required": ["phone"]})
+        );
+        assert_eq!(w.url, "https://crm.example.com/hooks/loyalty");
+        assert_eq!(w.secret, "0123456789abcdef");
+        assert_eq!((w.timeout_ms, w.side_effects), (5000, false));
+
+        // secret_env is read through the environment lookup; localhost may use http.
+        let extra = format!("{WEBHOOK}secret_env = \"CRM_SECRET\"\ntimeout_ms = 100\nside_effects = true")
+            .replace("https://crm.example.com", "http://127.0.0.1:8080");
+        let t = build_with_env(&extra, &[("CRM_SECRET", "from-the-environment")]).unwrap();
+        let w = &t.webhook_tools[0];
+        assert_eq!((w.secret.as_str(), w.timeout_ms, w.side_effects), ("from-the-environment", 100, true));
+        assert_eq!(w.url, "http://127.0.0.1:8080/hooks/loyalty");
+        // The secret never shows in Debug output of the tenant.
+        assert!(!format!("{t:?}").contains("from-the-environment"));
+    }
+
+    #[test]
+    fn webhook_tool_problems() {
+        let secret = "secret = \"0123456789abcdef\"";
+        let cases = [
+            (
+                format!("{WEBHOOK}{secret}").replace("check_loyalty", "Check-Loyalty"),
+                "the name must match ^[a-z][a-z0-9_]{0,63}$",
+            ),
+            (format!("{WEBHOOK}{secret}").replace("check_loyalty", &"a".repeat(65)), "the name must match"),
+            (
+                format!("{WEBHOOK}{secret}").replace("check_loyalty", "end_call"),
+                "webhook tool \"end_call\": the name is a built-in tool's",
+            ),
+            (format!("{WEBHOOK}{secret}\n{WEBHOOK}{secret}"), "webhook tool \"check_loyalty\" is listed twice"),
+            (
+                format!("{WEBHOOK}{secret}").replace("description = \"Loyalty points\"", "description = \" \""),
+                "missing `description`",
+            ),
+            (
+                format!("{WEBHOOK}{secret}").replace("type = \"object\", properties", "type = \"array\", properties"),
+                "`parameters` must have type = \"object\"",
+            ),
+            (
+                format!("{WEBHOOK}{secret}").replace("required = [\"phone\"]", "required = [\"email\"]"),
+                "`required` names \"email\", which is not in `properties`",
+            ),
+            (
+                format!("{WEBHOOK}{secret}")
+                    .replace("properties = { phone = { type = \"string\" } }", "properties = [1]"),
+                "`properties` must be a table",
+            ),
+            (
+                format!("{WEBHOOK}{secret}\nparameters = \"x\"").replace("parameters = { type", "#"),
+                "`parameters` must be a table",
+            ),
+            (
+                format!("{WEBHOOK}{secret}").replace("https://crm.example.com", "http://crm.example.com"),
+                "must use https (http is allowed only to 127.0.0.1 or localhost)",
+            ),
+            (
+                format!("{WEBHOOK}{secret}").replace("https://crm.example.com", "ftp://crm.example.com"),
+                "must be an https URL",
+            ),
+            (
+                format!("{WEBHOOK}{secret}").replace("https://crm.example.com", "https://user:pw@crm.example.com"),
+                "must not contain credentials",
+            ),
+            (
+                format!("{WEBHOOK}{secret}").replace("https://crm.example.com/hooks/loyalty", "not a url"),
+                "`url` \"not a url\" is not a URL",
+            ),
+            (format!("{WEBHOOK}secret = \"short\""), "`secret` must be at least 16 characters"),
+            (WEBHOOK.to_owned(), "missing `secret` (or `secret_env`"),
+            (format!("{WEBHOOK}{secret}\nsecret_env = \"X\""), "use either `secret` or `secret_env`, not both"),
+            (
+                format!("{WEBHOOK}secret_env = \"NOT_SET_ANYWHERE\""),
+                "`secret_env` \"NOT_SET_ANYWHERE\" is not set in the environment",
+            ),
+            (
+                format!("{WEBHOOK}{secret}\ntimeout_ms = 99"),
+                "`webhook_tools.timeout_ms` must be in 100..=30000 (got 99)",
+            ),
+            (format!("{WEBHOOK}{secret}\ntimeout_ms = 30001"), "`webhook_tools.timeout_ms` must be in 100..=30000"),
+        ];
+        for (extra, needle) in cases {
+            assert_problem(&extra, needle);
+        }
+        // A short secret from the environment is a problem too; an unknown field a parse error.
+        let ps = build_with_env(&format!("{WEBHOOK}secret_env = \"S\""), &[("S", "tiny")]).unwrap_err();
+        assert!(ps.iter().any(|p| p.contains("the secret in $S must be at least 16 characters")), "{ps:#?}");
+        let file = format!("{BASE}{WEBHOOK}{secret}\nmethod = \"GET\"\n");
+        assert!(toml::from_str::<TenantsFile>(&file).is_err());
+    }
+
+    #[test]
+    fn local_datetime_applies_the_zone() {
+        // 2026-11-21T19:05:00Z is 20:05 in Rome (winter, +01:00).
+        let ms = 1_795_287_900_000;
+        assert_eq!(local_datetime("Europe/Rome", ms), time::macros::datetime!(2026-11-21 20:05));
+        assert_eq!(local_datetime("UTC", ms), time::macros::datetime!(2026-11-21 19:05));
     }
 }

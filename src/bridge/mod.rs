@@ -114,8 +114,12 @@ impl CallRuntime {
         })
     }
 
+    /// The tenant's session, told today's local date so it can resolve "tomorrow".
     pub fn session_spec(&self, tenant: &Tenant) -> SessionSpec {
-        SessionSpec::for_tenant(tenant, &self.config.transcribe_model)
+        let mut spec = SessionSpec::for_tenant(tenant, &self.config.transcribe_model);
+        let now_local = crate::tenants::local_datetime(&tenant.timezone, unix_ms());
+        spec.today = Some(crate::core::realtime::session_config::format_today(now_local, &tenant.timezone));
+        spec
     }
 
     pub fn is_draining(&self) -> bool {

@@ -117,10 +117,11 @@ impl Prewarmer {
     /// Takes the pre-warmed session for `call_sid`, waiting for it to finish opening. `None`
     /// if there is none (another instance answered the webhook, or it expired).
     /// A session configured differently from `spec` (the tenant changed on reload since the
-    /// webhook) is discarded rather than used.
+    /// webhook) is discarded rather than used; the "today" line may differ by the seconds
+    /// between webhook and stream.
     pub async fn claim(&self, call_sid: &str, spec: &SessionSpec) -> Option<Result<RealtimeConn, RealtimeError>> {
         let (_, slot) = self.slots.remove(call_sid)?;
-        if slot.spec != *spec {
+        if !slot.spec.same_apart_from_today(spec) {
             debug!("pre-warmed session was configured for an older tenant definition; discarding");
             return None; // dropping the claim sender makes the holder close it
         }

@@ -3,7 +3,8 @@
 
 use serde_json::{Value, json};
 
-use crate::core::domain::tenant::{AudioFormat, Tenant};
+use crate::core::domain::tenant::{AudioFormat, Tenant, WEEKDAYS};
+use crate::core::realtime::tools;
 
 /// What the session must look like for this call.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,8 +20,13 @@ pub struct SessionSpec {
     /// Let the server cancel a response when the caller starts talking: only when the tenant
     /// allows barge-in, otherwise the model would drop a turn the caller keeps hearing.
     pub interrupt_response: bool,
-    /// Function tools (GA definitions).
+    /// Function tools (GA definitions): the tenant's built-ins, then its webhook tools.
     pub tools: Vec<serde_json::Value>,
+    /// The business's local date and time when the call starts, e.g. `Saturday 21 November
+    /// 2026, 20:05 (Europe/Rome)` (see [`format_today`]). The shell fills it (the core reads no
+    /// clock); when set, "Today is …." is appended to the instructions so the model can resolve
+    /// "tomorrow" and "next Friday".
+    pub today: Option<String>,
 }
 
 impl SessionSpec {
@@ -35,7 +41,49 @@ impl SessionSpec {
             prefix_padding_ms: t.turn_detection.prefix_padding_ms,
             silence_duration_ms: t.turn_detection.silence_duration_ms,
             interrupt_response: t.barge_in.enabled,
-            tools: t.tools.iter().map(|&tool| crate::core::realtime::tools::definition(tool)).collect(),
+            tools: t
+                .tools
+                .iter()
+                .map(|&tool| tools::definition(tool, t))
+                .chain(t.webhook_tools.iter().map(tools::webhook_definition))
+                .collect(),
+            today: None,
+        }
+    }
+
+    /// Equal in everything but [`Self::today`] (a pre-warmed session opened a few seconds
+    /// earlier, possibly in the previous minute, is still the right session).
+    pub fn same_apart_from_today(&self, other: &Self) -> bool {
+        let Self {
+            instructions,
+            voice,
+            audio_format,
+            language,
+            transcribe_model,
+            threshold,
+            prefix_padding_ms,
+            silence_duration_ms,
+            interrupt_response,
+            tools,
+            today: _,
+        } = self;
+        *instructions == other.instructions
+            && *voice == other.voice
+            && *audio_format == other.audio_format
+            && *language == other.language
+            && *transcribe_model == other.transcribe_model
+            && *threshold == other.threshold
+            && *prefix_padding_ms == other.prefix_padding_ms
+            && *silence_duration_ms == other.silence_duration_ms
+            && *interrupt_response == other.interrupt_response
+            && *tools == other.tools
+    }
+
+    /// The instructions actually sent: the tenant's, plus today's date when known.
+    pub fn effective_instructions(&self) -> String {
+        match &self.today {
+            Some(today) => format!("{}\n\nToday is {today}.", self.instructions),
+            None => self.instructions.clone(),
         }
     }
 
@@ -55,7 +103,7 @@ impl SessionSpec {
             "event_id": "sb_session_update",
             "session": {
                 "type": "realtime",
-                "instructions": self.instructions,
+                "instructions": self.effective_instructions(),
                 "output_modalities": ["audio"],
                 "audio": {
                     "input": {
@@ -107,11 +155,25 @@ impl SessionSpec {
         if session["audio"]["input"]["transcription"].is_null() {
             problems.push("input transcription is off".into());
         }
-        if session["instructions"].as_str() != Some(self.instructions.as_str()) {
+        if session["instructions"].as_str() != Some(self.effective_instructions().as_str()) {
             problems.push("instructions differ from the tenant's prompt".into());
         }
         if problems.is_empty() { Ok(()) } else { Err(problems) }
     }
+}
+
+/// `Saturday 21 November 2026, 20:05 (Europe/Rome)`: the value for [`SessionSpec::today`], from
+/// the business's local time (computed by the shell) and its zone name.
+pub fn format_today(now_local: time::PrimitiveDateTime, zone: &str) -> String {
+    format!(
+        "{} {} {} {}, {:02}:{:02} ({zone})",
+        WEEKDAYS[usize::from(now_local.weekday().number_days_from_monday())],
+        now_local.day(),
+        now_local.month(),
+        now_local.year(),
+        now_local.hour(),
+        now_local.minute()
+    )
 }
 
 /// The per-response instructions that make the agent open the call with the tenant's greeting.
@@ -137,7 +199,11 @@ mod tests {
             prefix_padding_ms: 300,
             silence_duration_ms: 500,
             interrupt_response: true,
-            tools: vec![crate::core::realtime::tools::definition(crate::core::domain::tenant::BuiltinTool::EndCall)],
+            tools: vec![tools::definition(
+                crate::core::domain::tenant::BuiltinTool::EndCall,
+                &tools::tests::full_tenant(),
+            )],
+            today: None,
         }
     }
 
@@ -168,5 +234,57 @@ mod tests {
         ev["session"]["audio"]["input"]["transcription"] = Value::Null;
         let problems = s.check_updated(&ev["session"]).unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn today_is_appended_to_the_instructions_and_checked() {
+        let mut s = spec(AudioFormat::Pcmu);
+        let plain: Value = serde_json::from_str(&s.session_update()).unwrap();
+        assert_eq!(plain["session"]["instructions"], "Sei l'assistente.");
+
+        s.today = Some(format_today(time::macros::datetime!(2026-11-21 20:05:59), "Europe/Rome"));
+        let ev: Value = serde_json::from_str(&s.session_update()).unwrap();
+        assert_eq!(
+            ev["session"]["instructions"],
+            "Sei l'assistente.\n\nToday is Saturday 21 November 2026, 20:05 (Europe/Rome)."
+        );
+        s.check_updated(&ev["session"]).unwrap();
+        // An echo without the date line is a mismatch.
+        assert_eq!(s.check_updated(&plain["session"]).unwrap_err().len(), 1);
+        assert_eq!(
+            format_today(time::macros::datetime!(2027-01-04 09:07), "UTC"),
+            "Monday 4 January 2027, 09:07 (UTC)"
+        );
+    }
+
+    #[test]
+    fn tenant_tools_include_builtins_then_webhooks() {
+        let mut t = crate::core::realtime::tools::tests::full_tenant();
+        t.webhook_tools.push(crate::core::domain::tenant::WebhookTool {
+            name: "check_loyalty".into(),
+            description: "Loyalty points".into(),
+            parameters: json!({"type": "object", "properties": {}}),
+            url: "https://crm.example.com/hook".into(),
+            secret: "0123456789abcdef".into(),
+            timeout_ms: 5000,
+            side_effects: false,
+        });
+        let s = SessionSpec::for_tenant(&t, "gpt-4o-transcribe");
+        let names: Vec<&str> = s.tools.iter().map(|d| d["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["end_call", "business_info", "transfer_call", "take_booking", "check_loyalty"]);
+        assert_eq!(s.today, None);
+        assert_eq!(s.effective_instructions(), t.instructions);
+
+        // A later minute is the same session; another tenant definition is not.
+        let mut a = s.clone();
+        a.today = Some("Saturday 21 November 2026, 20:05 (Europe/Rome)".into());
+        let mut b = s.clone();
+        b.today = Some("Saturday 21 November 2026, 20:06 (Europe/Rome)".into());
+        assert!(a.same_apart_from_today(&b));
+        b.voice = "cedar".into();
+        assert!(!a.same_apart_from_today(&b));
+        b = a.clone();
+        b.tools.pop();
+        assert!(!a.same_apart_from_today(&b));
     }
 }
