@@ -36,6 +36,9 @@ fn session(format: AudioFormat) -> CallSession {
         backlog_frames: 50,
         frames_per_mark: switchboard::core::session::DEFAULT_FRAMES_PER_MARK,
         idle_prompt_ms: 0,
+        transfer_targets: Vec::new(),
+        key_actions: Vec::new(),
+        side_effect_tools: Vec::new(),
     };
     let mut s = CallSession::new(p, 0, true);
     while s.poll_output().is_some() {}

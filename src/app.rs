@@ -126,8 +126,26 @@ pub async fn start(
     let tracker = TaskTracker::new();
     let calls_cancel = CancellationToken::new();
     let prewarm = Prewarmer::new(config.prewarm_ttl, tracker.clone(), calls_cancel.child_token(), Arc::clone(&metrics));
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .context("building the HTTP client")?;
+    let twilio = match (&config.twilio_account_sid, &config.twilio_auth_token) {
+        (Some(sid), Some(token)) => Some(crate::twilio_rest::TwilioRest::new(
+            http.clone(),
+            config.twilio_api_base.clone(),
+            sid.clone(),
+            token.clone(),
+        )),
+        _ => {
+            warn!("TWILIO_ACCOUNT_SID is not set: transfers are off and calls end by closing the stream");
+            None
+        }
+    };
     let runtime = Arc::new(CallRuntime {
         config: Arc::clone(&config),
+        twilio,
+        http,
         tenants,
         prewarm,
         metrics,

@@ -31,6 +31,10 @@ pub struct Config {
     /// Public base URL Twilio reaches, without trailing slash (e.g. `https://sb.example.com`).
     pub public_base_url: Option<String>,
     pub twilio_auth_token: Option<Secret>,
+    /// With the auth token, enables Twilio's REST API: hanging up after the goodbye, transfers.
+    pub twilio_account_sid: Option<String>,
+    /// Twilio's REST API base (a fake in tests).
+    pub twilio_api_base: String,
     pub insecure_skip_signature: bool,
     pub openai_api_key: Option<Secret>,
     pub openai_base_url: String,
@@ -211,6 +215,11 @@ impl Config {
             attempts: num("MEETING_MAX_ATTEMPTS", 5, 1, 100) as u32,
         };
 
+        if let Some(sid) = get("TWILIO_ACCOUNT_SID")
+            && !(sid.len() == 34 && sid.starts_with("AC") && sid[2..].bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            problems.push(format!("TWILIO_ACCOUNT_SID={sid:?}: expected AC followed by 32 hex digits"));
+        }
         let allowed_origins: Vec<String> = get("ALLOWED_ORIGINS")
             .map(|v| {
                 v.split(',').map(|o| o.trim().trim_end_matches('/').to_owned()).filter(|o| !o.is_empty()).collect()
@@ -251,6 +260,10 @@ impl Config {
             bind,
             public_base_url,
             twilio_auth_token: get("TWILIO_AUTH_TOKEN").map(Secret),
+            twilio_account_sid: get("TWILIO_ACCOUNT_SID"),
+            twilio_api_base: get("TWILIO_API_BASE")
+                .map(|u| u.trim_end_matches('/').to_owned())
+                .unwrap_or_else(|| "https://api.twilio.com".into()),
             insecure_skip_signature,
             openai_api_key: get("OPENAI_API_KEY").map(Secret),
             openai_base_url,

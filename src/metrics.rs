@@ -86,6 +86,8 @@ pub struct Metrics {
     pub jobs_retried: AtomicU64,
     pub jobs_dead: AtomicU64,
     pub job_panics: AtomicU64,
+    pub bookings: AtomicU64,
+    pub transfers: AtomicU64,
     pub barge_in_latency: Histogram,
     pub first_audio_latency: Histogram,
     pub realtime_connect: Histogram,
@@ -129,6 +131,8 @@ impl Default for Metrics {
             jobs_retried: AtomicU64::new(0),
             jobs_dead: AtomicU64::new(0),
             job_panics: AtomicU64::new(0),
+            bookings: AtomicU64::new(0),
+            transfers: AtomicU64::new(0),
             barge_in_latency: Histogram::new(LATENCY_MS),
             first_audio_latency: Histogram::new(LATENCY_MS),
             realtime_connect: Histogram::new(LATENCY_MS),
@@ -279,6 +283,13 @@ impl Metrics {
             "Job handlers that panicked (caught; counted as a failed attempt).",
             &self.job_panics,
         );
+        one(
+            "switchboard_bookings_total",
+            "counter",
+            "Bookings taken by the agent (take_booking, validated).",
+            &self.bookings,
+        );
+        one("switchboard_transfers_total", "counter", "Calls transferred to a person.", &self.transfers);
         one("switchboard_barge_ins_total", "counter", "Times a caller interrupted the agent.", &self.barge_ins);
         one("switchboard_webhooks_total", "counter", "Voice webhooks answered.", &self.webhooks);
         one(

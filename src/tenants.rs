@@ -831,6 +831,15 @@ fn check_webhook_url(url: &str) -> Result<(), &'static str> {
     }
 }
 
+/// The local date and time in `zone` at `at_ms` (Unix ms).
+pub fn local_time(zone: &str, at_ms: u64) -> time::PrimitiveDateTime {
+    let offset = i64::from(utc_offset_minutes(zone, at_ms));
+    let utc = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(at_ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let local = utc + time::Duration::minutes(offset);
+    time::PrimitiveDateTime::new(local.date(), local.time())
+}
+
 /// Minutes east of UTC in `zone` at `at_ms` (Unix ms), daylight saving included. A zone that
 /// does not resolve (it was validated at load, so this is not expected) counts as UTC.
 pub fn utc_offset_minutes(zone: &str, at_ms: u64) -> i32 {
@@ -999,9 +1008,21 @@ fn prompt_text(t: &Tenant) -> &str {
 
 /// A human-readable table of the tenants, for `switchboard check`.
 pub fn describe(dir: &TenantDirectory) -> String {
-    const HEADER: [&str; 10] =
-        ["ID", "NAME", "NUMBERS", "LANG", "VOICE", "AUDIO", "FALLBACK", "KEYS", "PROMPT", "SUMMARY TO"];
-    let rows: Vec<[String; 10]> = dir
+    const HEADER: [&str; 12] = [
+        "ID",
+        "NAME",
+        "NUMBERS",
+        "LANG",
+        "TIMEZONE",
+        "VOICE",
+        "AUDIO",
+        "FALLBACK",
+        "KEYS",
+        "TOOLS",
+        "PROMPT",
+        "SUMMARY TO",
+    ];
+    let rows: Vec<[String; 12]> = dir
         .tenants()
         .iter()
         .map(|t| {
@@ -1011,6 +1032,7 @@ pub fn describe(dir: &TenantDirectory) -> String {
                 t.name.clone(),
                 t.numbers.join(", "),
                 t.language.clone(),
+                t.timezone.clone(),
                 t.voice.clone(),
                 match t.audio_format {
                     AudioFormat::Pcmu => "pcmu".to_owned(),
@@ -1018,6 +1040,12 @@ pub fn describe(dir: &TenantDirectory) -> String {
                 },
                 if t.fallback { "yes" } else { "no" }.to_owned(),
                 t.api_keys_sha256.len().to_string(),
+                t.tools
+                    .iter()
+                    .map(|b| b.name().to_owned())
+                    .chain(t.webhook_tools.iter().map(|w| format!("{} (webhook)", w.name)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 format!("{} ({} bytes, {} words)", t.prompt_file, prompt.len(), prompt.split_whitespace().count()),
                 if t.summary_to.is_empty() { "-".to_owned() } else { t.summary_to.join(", ") },
             ]

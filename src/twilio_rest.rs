@@ -168,10 +168,14 @@ impl TwilioRest {
             return Err(TwilioError::InvalidAccountSid(shown(&self.account_sid)));
         }
         let url = format!("{}/2010-04-01/Accounts/{}/Calls/{call_sid}.json", self.api_base, self.account_sid);
-        let mut form = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in params {
-            form.append_pair(k, v);
-        }
+        // Finished before the first await: the serializer is not `Send`.
+        let body = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in params {
+                form.append_pair(k, v);
+            }
+            form.finish()
+        };
         let started = std::time::Instant::now();
         let resp = self
             .http
@@ -179,7 +183,7 @@ impl TwilioRest {
             .basic_auth(&self.account_sid, Some(self.auth_token.expose()))
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json")
-            .body(form.finish())
+            .body(body)
             .timeout(self.timeout)
             .send()
             .await

@@ -95,6 +95,8 @@ fn record(tenant: &str, sid: &str, at: u64, end: EndReason, caller: &str) -> Cal
         usage: Usage { input_tokens: 1_000, output_tokens: 500, total_tokens: 1_500, ..Usage::default() },
         stats: CallStats::default(),
         reconnects: Vec::new(),
+        bookings: Vec::new(),
+        transferred_to: None,
     }
 }
 

@@ -81,6 +81,8 @@ fn record(tenant: &str, sid: &str, started_at_ms: u64, end: EndReason, turns: &[
         usage: Usage { total_tokens: 300, input_tokens: 200, output_tokens: 100, ..Usage::default() },
         stats: CallStats::default(),
         reconnects: Vec::new(),
+        bookings: Vec::new(),
+        transferred_to: None,
     }
 }
 

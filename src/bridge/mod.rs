@@ -24,9 +24,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::config::Config;
 use crate::core::audio::apology::{apology_ulaw, filler_ulaw};
 use crate::core::domain::call::{CallStats, EndReason};
-use crate::core::domain::tenant::{Tenant, TenantDirectory};
+use crate::core::domain::tenant::{DtmfAction, Tenant, TenantDirectory};
 use crate::core::realtime::session_config::SessionSpec;
-use crate::core::session::{CallSession, Millis, Notice, Output, SessionParams};
+use crate::core::session::{CallSession, KeyAction, Millis, Notice, Output, SessionParams};
 use crate::core::twilio::binding::{ISSUED_PARAM, MAX_AGE_SECS, TOKEN_PARAM, verify_stream_token};
 use crate::core::twilio::messages::{Inbound, Start};
 use crate::metrics::Metrics;
@@ -62,6 +62,10 @@ pub struct LiveCall {
 /// Everything a call needs from the process.
 pub struct CallRuntime {
     pub config: Arc<Config>,
+    /// Twilio's REST API, when `TWILIO_ACCOUNT_SID` is set (hang-ups, transfers).
+    pub twilio: Option<crate::twilio_rest::TwilioRest>,
+    /// For webhook tools.
+    pub http: reqwest::Client,
     pub tenants: TenantsHandle,
     pub prewarm: Arc<Prewarmer>,
     pub metrics: Arc<Metrics>,
@@ -131,6 +135,9 @@ impl CallRuntime {
 pub(crate) fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
+
+/// Twilio's REST redirect of a transfer: the number dialled, or why it failed.
+type TransferFuture = Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>>;
 
 type ConnectFuture = Pin<Box<dyn std::future::Future<Output = Result<RealtimeConn, RealtimeError>> + Send>>;
 
@@ -290,16 +297,38 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
             backlog_frames: rt.config.backlog_frames,
             frames_per_mark: crate::core::session::DEFAULT_FRAMES_PER_MARK,
             idle_prompt_ms: tenant.idle_prompt_ms,
+            transfer_targets: tenant.transfer.iter().map(|t| t.name.clone()).collect(),
+            key_actions: tenant
+                .dtmf
+                .iter()
+                .map(|(k, a)| {
+                    let action = match a {
+                        DtmfAction::Transfer(t) => KeyAction::Transfer(t.clone()),
+                        DtmfAction::EndCall => KeyAction::EndCall,
+                    };
+                    (*k, action)
+                })
+                .collect(),
+            side_effect_tools: std::iter::once("take_booking".to_owned())
+                .chain(tenant.webhook_tools.iter().filter(|t| t.side_effects).map(|t| t.name.clone()))
+                .collect(),
         },
         now(),
         false,
     );
+    let tool_ctx = tools::ToolContext {
+        call_sid: call_sid.clone(),
+        caller: params.get("from").cloned().unwrap_or_default(),
+        http: rt.http.clone(),
+    };
+    // A transfer in progress: Twilio's REST redirect (the number dialled, or why it failed).
+    let mut transferring: Option<TransferFuture> = None;
     let mut up: Option<RealtimeSocket> = None;
     let mut up_readable = false;
     // A fresh session being opened to replace an old one between two turns.
     let mut rotation: Option<ConnectFuture> = None;
     // Results of the tools the model called.
-    let (tool_tx, mut tool_rx) = tokio::sync::mpsc::channel::<tools::ToolResult>(16);
+    let (tool_tx, mut tool_rx) = tokio::sync::mpsc::channel::<tools::ToolDone>(16);
     let mut last_stats = CallStats::default();
     let mut shutdown_seen = false;
     // One waiter per call on its own child token, created once: re-creating `cancelled()` on
@@ -376,7 +405,28 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                     }
                 }
             }
-            Some((call_id, output)) = tool_rx.recv() => session.on_tool_result(now(), &call_id, &output),
+            Some(done) = tool_rx.recv() => {
+                if let Some(b) = done.booking {
+                    info!(date = %b.date, time = %b.time, party = b.party_size, "booking taken");
+                    rt.metrics.bookings.fetch_add(1, Relaxed);
+                    session.on_booking(b);
+                }
+                session.on_tool_result(now(), &done.call_id, &done.output);
+            }
+            res = async { transferring.as_mut().expect("guarded by is_some").await }, if transferring.is_some() => {
+                transferring = None;
+                match res {
+                    Ok(number) => {
+                        info!(to = %number, "call transferred");
+                        rt.metrics.transfers.fetch_add(1, Relaxed);
+                        session.on_transferred(now(), &number);
+                    }
+                    Err(why) => {
+                        warn!(error = %why, "transfer failed");
+                        session.on_transfer_failed(now(), &why);
+                    }
+                }
+            }
             _ = sleep_until_opt(deadline), if deadline.is_some() => session.handle_timeout(now()),
             _ = watchdog.tick() => {
                 // Twilio streams a frame every 20 ms, silence included: a quiet socket is dead
@@ -452,7 +502,26 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                 }
                 Output::Hangup => hangup = true,
                 Output::RunTool { call_id, name, arguments } => {
-                    tools::spawn(&rt.tracker, Arc::clone(&tenant), call_id, name, arguments, tool_tx.clone());
+                    let ctx = tool_ctx.clone();
+                    tools::spawn(&rt.tracker, Arc::clone(&tenant), ctx, call_id, name, arguments, tool_tx.clone());
+                }
+                Output::Transfer { target } => {
+                    let dest = match &target {
+                        Some(name) => tenant.transfer.iter().find(|t| &t.name == name),
+                        None => tenant.transfer.first(),
+                    };
+                    let rest = rt.twilio.clone();
+                    let sid = call_sid.clone();
+                    let dest = dest.map(|d| d.number.clone());
+                    transferring = Some(Box::pin(async move {
+                        let number = dest.ok_or_else(|| "no transfer number is configured".to_owned())?;
+                        let rest = rest.ok_or_else(|| {
+                            "TWILIO_ACCOUNT_SID is not set: transfers need Twilio's REST API".to_owned()
+                        })?;
+                        let twiml = crate::core::twilio::twiml::dial(&number, None, None);
+                        rest.redirect(&sid, &twiml).await.map_err(|e| e.to_string())?;
+                        Ok(number)
+                    }));
                 }
                 Output::Rotate => match rt.realtime_settings() {
                     Some(settings) => {
@@ -495,7 +564,18 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
         }
     }
 
-    // 4. Close and record, exactly once.
+    // 4. Close and record, exactly once. A call the agent ended (after its goodbye was heard)
+    // is hung up through Twilio's REST API first: closing the stream alone would leave Twilio
+    // to run the rest of the TwiML.
+    if matches!(session.end_reason(), Some(EndReason::AgentEnded | EndReason::IdleCaller))
+        && let Some(rest) = rt.twilio.clone()
+    {
+        match tokio::time::timeout(Duration::from_secs(5), rest.end_call(&call_sid)).await {
+            Ok(Ok(outcome)) => info!(?outcome, "call ended through the REST API"),
+            Ok(Err(e)) => warn!(error = %e, "ending the call through the REST API failed; closing the stream"),
+            Err(_) => warn!("Twilio's REST API did not answer in 5 s; closing the stream"),
+        }
+    }
     within(tw.close()).await;
     if let Some(ws) = up.take() {
         close_upstream(&rt, ws);

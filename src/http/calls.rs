@@ -109,6 +109,8 @@ async fn detail(
         "email": emails.last().map(email_state),
         "stats": record.get("stats").cloned().unwrap_or(Value::Null),
         "reconnectLog": record.get("reconnects").cloned().unwrap_or(Value::Null),
+        "bookings": record.get("bookings").cloned().unwrap_or(json!([])),
+        "transferredTo": record.get("transferredTo").cloned().unwrap_or(Value::Null),
     });
     merge(&mut body, extra);
     Ok(Json(body))

@@ -85,7 +85,7 @@ impl Summarize {
 
         let outcome = self.ask(&tenant, &record).await;
         let (summary, tokens) = match outcome {
-            Ok(ok) => ok,
+            Ok((summary, tokens)) => (with_confirmed_booking(summary, &record), tokens),
             Err(e) if e.retryable && !job.is_last_attempt() => {
                 self.metrics.summary_attempt_failures.fetch_add(1, Relaxed);
                 return Err(JobError::Retry { message: e.message, after: e.after });
@@ -99,7 +99,7 @@ impl Summarize {
                     summary_json: None,
                     summary_text: None,
                     sentiment: None,
-                    has_booking: false,
+                    has_booking: !record.bookings.is_empty(),
                     error: Some(e.message.clone()),
                     tokens: 0,
                 };
@@ -181,6 +181,24 @@ impl Summarize {
         let pair = email.as_ref().zip(send_job.as_ref());
         self.store.save_summary(&record.call_sid, update, pair, now).await.map_err(|e| JobError::retry(e.to_string()))
     }
+}
+
+/// A booking the agent made with `take_booking` is the truth: it replaces whatever the model
+/// read from the transcript (a read-back the caller corrected, a misheard time).
+fn with_confirmed_booking(mut s: CallSummary, record: &CallRecord) -> CallSummary {
+    if let Some(b) = record.bookings.last() {
+        s.booking = Some(crate::core::domain::summary::Booking {
+            date: Some(b.date.clone()),
+            time: Some(b.time.clone()),
+            party_size: Some(b.party_size),
+            name: Some(b.name.clone()),
+            notes: b.notes.clone(),
+        });
+        if !s.intent.is_about_booking() {
+            s.intent = crate::core::domain::summary::Intent::Booking;
+        }
+    }
+    s
 }
 
 struct Failure {

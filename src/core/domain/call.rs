@@ -24,6 +24,8 @@ pub enum EndReason {
     IdleCaller,
     /// The agent ended the call (`end_call`) after saying goodbye.
     AgentEnded,
+    /// The call was handed to a person (`transfer_call`, or a key the tenant maps to it).
+    Transferred,
 }
 
 impl EndReason {
@@ -37,6 +39,7 @@ impl EndReason {
             EndReason::ProtocolError => "protocol_error",
             EndReason::IdleCaller => "idle_caller",
             EndReason::AgentEnded => "agent_ended",
+            EndReason::Transferred => "transferred",
         }
     }
 
@@ -45,9 +48,11 @@ impl EndReason {
     /// stopped mid-call).
     pub fn outcome(self) -> &'static str {
         match self {
-            EndReason::CallerHangup | EndReason::StreamClosed | EndReason::IdleCaller | EndReason::AgentEnded => {
-                "completed"
-            }
+            EndReason::CallerHangup
+            | EndReason::StreamClosed
+            | EndReason::IdleCaller
+            | EndReason::AgentEnded
+            | EndReason::Transferred => "completed",
             EndReason::UpstreamFailed | EndReason::ProtocolError => "failed",
             EndReason::Shutdown => "interrupted",
         }
@@ -138,6 +143,13 @@ pub struct CallRecord {
     /// Each time the upstream dropped mid-call and a new session was opened.
     #[serde(default)]
     pub reconnects: Vec<ReconnectRecord>,
+    /// Bookings taken during the call with `take_booking` (validated against the tenant's
+    /// rules): the authoritative booking for the summary, the email and the API.
+    #[serde(default)]
+    pub bookings: Vec<crate::core::domain::booking::Booking>,
+    /// Where the call was transferred to, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transferred_to: Option<String>,
 }
 
 /// One upstream drop during a call.
@@ -165,6 +177,7 @@ mod tests {
             EndReason::ProtocolError,
             EndReason::IdleCaller,
             EndReason::AgentEnded,
+            EndReason::Transferred,
         ] {
             assert_eq!(serde_json::to_value(r).unwrap(), serde_json::Value::from(r.as_str()));
             assert!(CALL_OUTCOMES.contains(&r.outcome()), "{r:?}");

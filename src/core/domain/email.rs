@@ -313,6 +313,7 @@ impl Labels {
             ("it", ProtocolError) => "Errore tecnico",
             ("it", IdleCaller) => "Il cliente è rimasto in silenzio",
             ("it", AgentEnded) => "L'assistente ha chiuso la chiamata",
+            ("it", Transferred) => "Trasferita a un collega",
             ("fr", CallerHangup) => "Le client a raccroché",
             ("fr", StreamClosed) => "Connexion fermée",
             ("fr", UpstreamFailed) => "Assistant indisponible (problème technique)",
@@ -320,6 +321,7 @@ impl Labels {
             ("fr", ProtocolError) => "Erreur technique",
             ("fr", IdleCaller) => "Le client est resté silencieux",
             ("fr", AgentEnded) => "L'assistant a mis fin à l'appel",
+            ("fr", Transferred) => "Transféré à un collègue",
             (_, CallerHangup) => "Caller hung up",
             (_, StreamClosed) => "Connection closed",
             (_, UpstreamFailed) => "Assistant unavailable (technical problem)",
@@ -327,6 +329,7 @@ impl Labels {
             (_, ProtocolError) => "Technical error",
             (_, IdleCaller) => "Caller stayed silent",
             (_, AgentEnded) => "The assistant ended the call",
+            (_, Transferred) => "Transferred to a person",
         }
     }
 

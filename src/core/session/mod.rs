@@ -63,6 +63,23 @@ pub struct SessionParams {
     /// Silence (ms) after which the agent asks whether the caller is still there; after a
     /// second one it says goodbye and the call ends. 0 = never.
     pub idle_prompt_ms: u32,
+    /// Names of the places `transfer_call` may send the call (the first is the default);
+    /// empty: no transfers.
+    pub transfer_targets: Vec<String>,
+    /// Keys the caller may press for an action (others reach the model as text).
+    pub key_actions: Vec<(char, KeyAction)>,
+    /// Tools that change something outside the call (a booking, a CRM write): while one runs,
+    /// a barge-in waits for its result.
+    pub side_effect_tools: Vec<String>,
+}
+
+/// What a keypad key does, when the tenant maps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyAction {
+    /// Transfer to this target (or the default).
+    Transfer(Option<String>),
+    /// Say goodbye and hang up.
+    EndCall,
 }
 
 /// 100 ms chunks: five 20 ms frames, then a mark.
@@ -88,6 +105,10 @@ pub enum Output {
     /// Run a tool the model called (with a timeout) and hand the JSON result to
     /// `on_tool_result`.
     RunTool { call_id: String, name: String, arguments: String },
+    /// The announcement has been heard: redirect the call to this transfer target (`None`:
+    /// the default) through Twilio's REST API, then call `on_transferred` or
+    /// `on_transfer_failed`.
+    Transfer { target: Option<String> },
 }
 
 /// Something worth counting or logging that happened inside the session.
@@ -133,6 +154,28 @@ const IDLE_GOODBYE: &str = "The caller is still silent. Say a short, warm goodby
 /// `end_call` arrived without a spoken goodbye.
 const END_CALL_GOODBYE: &str = "Say a short, warm goodbye to the caller in the language of this call, and nothing \
                                 else; the call then ends.";
+/// A transfer is about to happen.
+const TRANSFER_ANNOUNCE: &str = "Tell the caller in one short sentence, in the language of this call, that you are \
+                                 transferring them to a colleague now, and nothing else.";
+/// The redirect did not happen.
+const TRANSFER_FAILED: &str = "The transfer to a colleague did not work. Apologise briefly, in the language of this \
+                               call, and offer to take a message or help yourself.";
+
+/// How an ending the agent started finishes, once its last words have been heard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ending {
+    Hangup,
+    Transfer { target: Option<String>, requested: bool },
+}
+
+impl Ending {
+    fn instructions(&self) -> &'static str {
+        match self {
+            Ending::Hangup => END_CALL_GOODBYE,
+            Ending::Transfer { .. } => TRANSFER_ANNOUNCE,
+        }
+    }
+}
 
 /// After a reconnect: the agent says it is back and carries on.
 const RESUME: &str = "You were briefly cut off. In one short sentence in the language of this call, say you are \
@@ -193,8 +236,14 @@ pub struct CallSession {
     /// When the current upstream session became ready.
     upstream_since: Millis,
     rotating: bool,
-    /// `end_call` was called: the goodbye plays without barge-in, then the call ends.
-    ending: bool,
+    /// `end_call` or `transfer_call` was called: the goodbye (or the announcement) plays
+    /// without barge-in, then the call ends (or is transferred).
+    ending: Option<Ending>,
+    /// Side-effecting tools still running, and a barge-in that waits for them.
+    side_effect_calls: HashSet<String>,
+    deferred_barge_in: Option<BargeInSource>,
+    bookings: Vec<crate::core::domain::booking::Booking>,
+    transferred_to: Option<String>,
     ending_goodbye_requested: bool,
     idle_prompts: u32,
     goodbye_requested: bool,
@@ -265,7 +314,11 @@ impl CallSession {
             reconnects: Vec::new(),
             upstream_since: now,
             rotating: false,
-            ending: false,
+            ending: None,
+            side_effect_calls: HashSet::new(),
+            deferred_barge_in: None,
+            bookings: Vec::new(),
+            transferred_to: None,
             ending_goodbye_requested: false,
             idle_prompts: 0,
             goodbye_requested: false,
@@ -337,31 +390,121 @@ impl CallSession {
     }
 
     fn on_function_call(&mut self, call_id: String, name: String, arguments: String) {
-        if name == "end_call" {
-            self.out.push_back(Output::Realtime(client::function_call_output(&call_id, r#"{"ok":true}"#)));
-            self.ending = true;
-            self.check_ending();
-        } else {
-            self.out.push_back(Output::RunTool { call_id, name, arguments });
+        match name.as_str() {
+            "end_call" => {
+                self.out.push_back(Output::Realtime(client::function_call_output(&call_id, r#"{"ok":true}"#)));
+                self.ending.get_or_insert(Ending::Hangup);
+                self.check_ending();
+            }
+            "transfer_call" => {
+                let target = serde_json::from_str::<serde_json::Value>(&arguments)
+                    .ok()
+                    .and_then(|v| v.get("target").and_then(|t| t.as_str()).map(str::to_owned))
+                    .filter(|t| !t.is_empty());
+                let known = match &target {
+                    None => !self.p.transfer_targets.is_empty(),
+                    Some(t) => self.p.transfer_targets.iter().any(|x| x == t),
+                };
+                if !known || self.ending.is_some() {
+                    let why = if self.p.transfer_targets.is_empty() {
+                        "transfers are not available on this line".to_owned()
+                    } else {
+                        format!("unknown target; choose one of: {}", self.p.transfer_targets.join(", "))
+                    };
+                    let out = serde_json::json!({"ok": false, "error": why}).to_string();
+                    self.out.push_back(Output::Realtime(client::function_call_output(&call_id, &out)));
+                    self.request_response(None);
+                    return;
+                }
+                let out = serde_json::json!({"ok": true, "transferring_to": target}).to_string();
+                self.out.push_back(Output::Realtime(client::function_call_output(&call_id, &out)));
+                self.ending = Some(Ending::Transfer { target, requested: false });
+                self.check_ending();
+            }
+            _ => {
+                if self.p.side_effect_tools.contains(&name) {
+                    self.side_effect_calls.insert(call_id.clone());
+                }
+                self.out.push_back(Output::RunTool { call_id, name, arguments });
+            }
         }
     }
 
-    /// A tool's result: give it to the model, which then goes on.
+    /// A tool's result: give it to the model, which then goes on. A barge-in that waited for
+    /// a side-effecting tool happens now, if the caller is still talking.
     pub fn on_tool_result(&mut self, now: Millis, call_id: &str, output: &str) {
+        let was_side_effect = self.side_effect_calls.remove(call_id);
         if self.phase != Phase::Live || self.upstream != Upstream::Ready {
             return;
         }
         self.out.push_back(Output::Realtime(client::function_call_output(call_id, output)));
         self.request_response(None);
         self.last_activity = now;
+        // The caller is still talking (the server has not seen the end of their speech, or
+        // the local VAD still hears it): the interruption happens now.
+        if was_side_effect
+            && self.side_effect_calls.is_empty()
+            && let Some(source) = self.deferred_barge_in.take()
+            && (source == BargeInSource::ServerVad || self.speech_run_ms > 0)
+        {
+            self.barge_in(now, source);
+        }
     }
 
-    /// After `end_call`: hang up once the goodbye has been generated and heard.
+    /// Why the call ended, once it has.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        self.end_reason.as_ref().map(|(r, _)| *r)
+    }
+
+    /// A booking `take_booking` validated and made: it goes into the call record.
+    pub fn on_booking(&mut self, booking: crate::core::domain::booking::Booking) {
+        self.bookings.push(booking);
+    }
+
+    /// After `end_call` / `transfer_call`: once the last words have been generated and heard,
+    /// hang up, or ask the bridge to transfer.
     fn check_ending(&mut self) {
-        if self.ending && self.ending_goodbye_requested && self.phase == Phase::Live && !self.agent_busy() {
-            self.end_reason = Some((EndReason::AgentEnded, None));
-            self.end();
+        if !self.ending_goodbye_requested || self.phase != Phase::Live || self.agent_busy() {
+            return;
         }
+        match &mut self.ending {
+            None => {}
+            Some(Ending::Hangup) => {
+                self.end_reason = Some((EndReason::AgentEnded, None));
+                self.end();
+            }
+            Some(Ending::Transfer { target, requested }) if !*requested => {
+                *requested = true;
+                let target = target.clone();
+                self.out.push_back(Output::Transfer { target });
+            }
+            Some(Ending::Transfer { .. }) => {}
+        }
+    }
+
+    /// The bridge redirected the call: this stream ends (Twilio now dials the target).
+    pub fn on_transferred(&mut self, _now: Millis, to: &str) {
+        if self.phase != Phase::Live {
+            return;
+        }
+        self.transferred_to = Some(to.to_owned());
+        self.end_reason = Some((EndReason::Transferred, Some(format!("transferred to {to}"))));
+        self.end();
+    }
+
+    /// The redirect failed: the agent says so and the call goes on.
+    pub fn on_transfer_failed(&mut self, now: Millis, why: &str) {
+        if self.phase != Phase::Live {
+            return;
+        }
+        self.ending = None;
+        self.ending_goodbye_requested = false;
+        self.notices
+            .push(Notice::UpstreamError { code: Some("transfer_failed".into()), message: Some(why.to_owned()) });
+        if self.upstream == Upstream::Ready {
+            self.request_response(Some(TRANSFER_FAILED));
+        }
+        self.last_activity = now;
     }
 
     fn agent_busy(&self) -> bool {
@@ -751,6 +894,38 @@ impl CallSession {
         self.stats.dtmf_digits += 1;
         self.caller_active(now);
         self.caller_turns.push(caller_turn(now.saturating_sub(self.start), format!("[pressed {digit}]"), None));
+        let key = digit.chars().next().unwrap_or(' ');
+        let action = self.p.key_actions.iter().find(|(k, _)| *k == key).map(|(_, a)| a.clone());
+        if let Some(action) = action
+            && self.ending.is_none()
+            && self.phase == Phase::Live
+        {
+            let (ending, note) = match action {
+                KeyAction::Transfer(target) if !self.p.transfer_targets.is_empty() => (
+                    Ending::Transfer { target, requested: false },
+                    format!(
+                        "(The caller pressed {digit} to be transferred to a person; the call is being transferred.)"
+                    ),
+                ),
+                KeyAction::Transfer(_) => return self.dtmf_to_model(digit),
+                KeyAction::EndCall => {
+                    (Ending::Hangup, format!("(The caller pressed {digit} to end the call; the call is ending.)"))
+                }
+            };
+            let instructions = ending.instructions();
+            self.ending = Some(ending);
+            self.ending_goodbye_requested = true;
+            if self.upstream == Upstream::Ready {
+                self.out.push_back(Output::Realtime(client::user_text_item(&note)));
+                self.request_response(Some(instructions));
+            }
+            self.check_ending();
+            return;
+        }
+        self.dtmf_to_model(digit);
+    }
+
+    fn dtmf_to_model(&mut self, digit: &str) {
         if self.upstream == Upstream::Ready && self.phase == Phase::Live {
             let text = format!("(The caller pressed the key {digit} on their phone keypad.)");
             self.out.push_back(Output::Realtime(client::user_text_item(&text)));
@@ -809,15 +984,19 @@ impl CallSession {
                     self.response_active = None;
                 }
                 self.cancel_sent = false;
-                if self.ending && !self.ending_goodbye_requested {
-                    // `end_call` came without a spoken goodbye in its response: ask for one.
+                if let Some(ending) = &self.ending
+                    && !self.ending_goodbye_requested
+                {
+                    // `end_call` / `transfer_call` came without spoken words in its response:
+                    // ask for the goodbye (or the announcement).
+                    let instructions = ending.instructions();
                     let said_something = self
                         .items
                         .iter()
                         .any(|i| i.response_id.as_deref() == Some(&response_id) && i.generated_bytes > 0);
                     self.ending_goodbye_requested = true;
                     if !said_something {
-                        self.request_response(Some(END_CALL_GOODBYE));
+                        self.request_response(Some(instructions));
                     }
                 }
                 self.next_response();
@@ -873,9 +1052,14 @@ impl CallSession {
             ServerEvent::FunctionCallArgumentsDone { call_id, name, arguments, .. } => {
                 self.on_function_call(call_id, name, arguments)
             }
+            ServerEvent::SpeechStopped { .. } => {
+                // The caller finished before the side-effecting tool did: nothing to cut.
+                if self.deferred_barge_in == Some(BargeInSource::ServerVad) {
+                    self.deferred_barge_in = None;
+                }
+            }
             ServerEvent::SessionCreated
             | ServerEvent::SessionUpdated { .. }
-            | ServerEvent::SpeechStopped { .. }
             | ServerEvent::InputCommitted { .. }
             | ServerEvent::ItemTruncated { .. }
             | ServerEvent::Other(_) => {}
@@ -1074,8 +1258,15 @@ impl CallSession {
 
     /// The caller talks over the agent: `clear`, truncate to what was heard, cancel.
     fn barge_in(&mut self, now: Millis, source: BargeInSource) {
-        // The goodbye after `end_call` is not interruptible.
-        if !self.p.barge_in.enabled || self.ending || self.phase != Phase::Live || !self.agent_audio_pending() {
+        // The goodbye after `end_call` (or the transfer announcement) is not interruptible.
+        if !self.p.barge_in.enabled || self.ending.is_some() || self.phase != Phase::Live || !self.agent_audio_pending()
+        {
+            return;
+        }
+        // A tool that changes something is running: the caller's interruption waits for its
+        // result (then applies if they are still talking).
+        if !self.side_effect_calls.is_empty() {
+            self.deferred_barge_in = Some(source);
             return;
         }
         // Before `clear` makes Twilio echo every pending mark.
@@ -1209,6 +1400,8 @@ impl CallSession {
             usage: self.usage,
             stats: self.stats,
             reconnects: self.reconnects,
+            bookings: self.bookings,
+            transferred_to: self.transferred_to,
         }
     }
 }

@@ -27,6 +27,9 @@ fn params(format: AudioFormat) -> SessionParams {
         backlog_frames: 3,
         frames_per_mark: 1,
         idle_prompt_ms: 0,
+        transfer_targets: Vec::new(),
+        key_actions: Vec::new(),
+        side_effect_tools: Vec::new(),
     }
 }
 
@@ -603,7 +606,8 @@ fn random_and_hostile_input_never_breaks_the_session() {
                     | Output::Hangup
                     | Output::Reconnect
                     | Output::Rotate
-                    | Output::RunTool { .. } => {}
+                    | Output::RunTool { .. }
+                    | Output::Transfer { .. } => {}
                 }
             }
             if s.is_finished() {
@@ -840,4 +844,129 @@ fn other_tools_run_in_the_shell_and_their_result_goes_back_to_the_model() {
     assert_eq!(v.len(), 1, "the response.create waits for the active response to end");
     s.handle_realtime_text(40, &rt(json!({"type":"response.done","response":{"id":"resp_1","status":"completed"}})));
     assert_eq!(creates(&drain(&mut s)).len(), 1);
+}
+
+fn with(p: impl FnOnce(&mut SessionParams)) -> SessionParams {
+    let mut params = params(AudioFormat::Pcmu);
+    p(&mut params);
+    params
+}
+
+#[test]
+fn transfer_is_announced_then_requested_and_ends_the_stream_when_done() {
+    let mut s = CallSession::new(with(|p| p.transfer_targets = vec!["staff".into(), "kitchen".into()]), 0, true);
+    drain(&mut s);
+    s.handle_realtime_text(10, &rt(json!({"type":"response.created","response":{"id":"r1"}})));
+    s.handle_realtime_text(
+        11,
+        &rt(json!({"type":"response.function_call_arguments.done","response_id":"r1","item_id":"fc1","call_id":"c1","name":"transfer_call","arguments":"{\"target\":\"kitchen\"}"})),
+    );
+    let v: Vec<Value> = drain(&mut s).iter().map(json_of).collect();
+    assert_eq!(v[0]["item"]["type"], "function_call_output");
+    assert!(v[0]["item"]["output"].as_str().unwrap().contains("\"ok\":true"));
+    s.handle_realtime_text(12, &rt(json!({"type":"response.done","response":{"id":"r1","status":"completed"}})));
+    let c = creates(&drain(&mut s));
+    assert!(c.len() == 1 && c[0].contains("transferring"), "the announcement is requested: {c:?}");
+    // The announcement plays (every mark echoed): only then the transfer is asked for.
+    play_response(&mut s, 20, "r2", "announce");
+    let out = drain(&mut s);
+    assert!(out.contains(&Output::Transfer { target: Some("kitchen".into()) }), "{out:?}");
+    assert!(!s.is_ended(), "the stream stays until the redirect succeeded");
+    s.on_transferred(40, "+39021111198");
+    assert!(drain(&mut s).contains(&Output::Hangup));
+    let rec = s.into_record(50);
+    assert_eq!(rec.end_reason, EndReason::Transferred);
+    assert_eq!(rec.transferred_to.as_deref(), Some("+39021111198"));
+}
+
+#[test]
+fn unknown_transfer_targets_and_failed_redirects_keep_the_call_going() {
+    let fc = |call_id: &str, args: &str| {
+        rt(
+            json!({"type":"response.function_call_arguments.done","response_id":"r1","item_id":"fc","call_id":call_id,"name":"transfer_call","arguments":args}),
+        )
+    };
+    let mut s = CallSession::new(with(|p| p.transfer_targets = vec!["staff".into()]), 0, true);
+    drain(&mut s);
+    s.handle_realtime_text(10, &rt(json!({"type":"response.created","response":{"id":"r1"}})));
+    s.handle_realtime_text(11, &fc("c1", "{\"target\":\"pope\"}"));
+    let v: Vec<Value> = drain(&mut s).iter().map(json_of).collect();
+    assert!(v[0]["item"]["output"].as_str().unwrap().contains("choose one of: staff"), "{v:?}");
+
+    // A transfer that the REST API refuses: the agent is told to apologise.
+    let mut s = CallSession::new(with(|p| p.transfer_targets = vec!["staff".into()]), 0, true);
+    drain(&mut s);
+    s.handle_realtime_text(10, &rt(json!({"type":"response.created","response":{"id":"r1"}})));
+    s.handle_realtime_text(11, &fc("c2", "{}"));
+    s.handle_realtime_text(12, &rt(json!({"type":"response.done","response":{"id":"r1","status":"completed"}})));
+    drain(&mut s);
+    play_response(&mut s, 20, "r2", "announce");
+    assert!(drain(&mut s).contains(&Output::Transfer { target: None }));
+    s.on_transfer_failed(40, "21220 invalid call state");
+    let c = creates(&drain(&mut s));
+    assert!(c.iter().any(|c| c.contains("did not work")), "{c:?}");
+    assert!(!s.is_ended());
+    // The agent can end the call normally afterwards.
+    play_response(&mut s, 50, "r3", "sorry");
+    assert!(!s.is_ended());
+}
+
+#[test]
+fn mapped_keys_act_and_other_keys_reach_the_model() {
+    let params = with(|p| {
+        p.transfer_targets = vec!["staff".into()];
+        p.key_actions = vec![('0', KeyAction::Transfer(None)), ('9', KeyAction::EndCall)];
+    });
+    let dtmf =
+        |d: &str| json!({"event":"dtmf","streamSid":"MZ1","dtmf":{"track":"inbound_track","digit":d}}).to_string();
+    let mut s = CallSession::new(params.clone(), 0, true);
+    drain(&mut s);
+    play_response(&mut s, 5, "r0", "greeting");
+    drain(&mut s);
+    s.handle_twilio_text(10, &dtmf("3"));
+    let v: Vec<Value> = drain(&mut s).iter().map(json_of).collect();
+    assert!(v[0]["item"]["content"][0]["text"].as_str().unwrap().contains("pressed the key 3"), "{v:?}");
+    let mut s = CallSession::new(params.clone(), 0, true);
+    drain(&mut s);
+    play_response(&mut s, 5, "r0", "greeting");
+    drain(&mut s);
+    s.handle_twilio_text(10, &dtmf("0"));
+    let c = creates(&drain(&mut s));
+    assert!(c.iter().any(|c| c.contains("transferring")), "{c:?}");
+    play_response(&mut s, 20, "r1", "announce");
+    assert!(drain(&mut s).contains(&Output::Transfer { target: None }));
+    let mut s = CallSession::new(params, 0, true);
+    drain(&mut s);
+    play_response(&mut s, 5, "r0", "greeting");
+    drain(&mut s);
+    s.handle_twilio_text(10, &dtmf("9"));
+    let c = creates(&drain(&mut s));
+    assert!(c.iter().any(|c| c.contains("goodbye")), "{c:?}");
+    play_response(&mut s, 20, "r1", "bye");
+    assert!(drain(&mut s).contains(&Output::Hangup));
+    assert_eq!(s.into_record(30).end_reason, EndReason::AgentEnded);
+}
+
+#[test]
+fn barge_in_waits_for_a_side_effecting_tool() {
+    let mut params = with(|p| p.side_effect_tools = vec!["take_booking".into()]);
+    params.barge_in.min_speech_ms = 0;
+    let mut s = CallSession::new(params, 0, true);
+    drain(&mut s);
+    s.handle_realtime_text(10, &rt(json!({"type":"response.created","response":{"id":"resp_1"}})));
+    s.handle_realtime_text(11, &rt(json!({"type":"response.output_item.added","response_id":"resp_1","item":{"id":"item_1","type":"message","role":"assistant"}})));
+    s.handle_realtime_text(12, &delta("item_1", "resp_1", &vec![7u8; 4000]));
+    s.handle_realtime_text(
+        13,
+        &rt(json!({"type":"response.function_call_arguments.done","response_id":"resp_1","item_id":"fc1","call_id":"b1","name":"take_booking","arguments":"{}"})),
+    );
+    assert!(drain(&mut s).iter().any(|o| matches!(o, Output::RunTool { name, .. } if name == "take_booking")));
+    // The caller talks over "one moment, I'm booking": no clear while the booking runs.
+    s.handle_realtime_text(20, &rt(json!({"type":"input_audio_buffer.speech_started","audio_start_ms":5})));
+    assert!(drain(&mut s).iter().map(json_of).all(|v| v["event"] != "clear"), "the barge-in waits");
+    s.on_tool_result(30, "b1", r#"{"booked":true}"#);
+    let v: Vec<Value> = drain(&mut s).iter().map(json_of).collect();
+    assert_eq!(v[0]["item"]["type"], "function_call_output", "the result reaches the model first");
+    // The caller is still talking (no speech_stopped yet): the interruption happens now.
+    assert!(v.iter().any(|v| v["event"] == "clear"), "{v:?}");
 }
