@@ -318,7 +318,7 @@ fn snippet_html(s: &str) -> String {
     out
 }
 
-fn limit(v: Option<u32>, default: u32) -> Result<u32, ApiError> {
+pub(super) fn limit(v: Option<u32>, default: u32) -> Result<u32, ApiError> {
     match v {
         None => Ok(default),
         Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
@@ -353,15 +353,24 @@ fn date_of_day(day: i64) -> String {
 }
 
 fn encode_cursor(c: &Cursor) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}:{}", c.started_at_ms, c.call_sid))
+    encode_key(c.started_at_ms, &c.call_sid)
 }
 
 fn decode_cursor(s: &str) -> Result<Cursor, ApiError> {
+    decode_key(s).map(|(started_at_ms, call_sid)| Cursor { started_at_ms, call_sid })
+}
+
+/// An opaque page cursor for the keyset `(time, id)` of the last row of a page.
+pub(super) fn encode_key(t: u64, id: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{t}:{id}"))
+}
+
+pub(super) fn decode_key(s: &str) -> Result<(u64, String), ApiError> {
     let bad = || ApiError::bad_request("cursor: not a cursor from a previous page");
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).map_err(|_| bad())?;
     let raw = String::from_utf8(raw).map_err(|_| bad())?;
-    let (ms, sid) = raw.split_once(':').ok_or_else(bad)?;
-    Ok(Cursor { started_at_ms: ms.parse().map_err(|_| bad())?, call_sid: sid.to_owned() })
+    let (t, id) = raw.split_once(':').ok_or_else(bad)?;
+    Ok((t.parse().map_err(|_| bad())?, id.to_owned()))
 }
 
 fn not_found() -> ApiError {

@@ -15,7 +15,6 @@ use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Multipart, 
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::routing::{get, post};
-use base64::Engine as _;
 use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -23,7 +22,7 @@ use tokio::io::AsyncWriteExt as _;
 
 use super::AppState;
 use super::auth::{TenantAuth, Unauthorized, bearer, find_tenant};
-use super::calls::{camelize, rfc3339, store_error};
+use super::calls::{camelize, decode_key, encode_key, limit, rfc3339, store_error};
 use super::error::ApiError;
 use crate::core::domain::meeting::{TaskInput, jitsi_room_name, validate_tasks};
 use crate::core::domain::tenant::Tenant;
@@ -96,12 +95,8 @@ async fn list(
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let limit = match q.limit {
-        None => 50,
-        Some(n @ 1..=200) => n,
-        Some(_) => return Err(ApiError::bad_request("limit: expected 1..=200")),
-    };
-    let cursor = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    let limit = limit(q.limit, 50)?;
+    let cursor = q.cursor.as_deref().map(decode_key).transpose()?;
     let page = state
         .store
         .list_meetings(&tenant.id, cursor.as_ref().map(|(t, id)| (*t, id.as_str())), limit)
@@ -109,7 +104,7 @@ async fn list(
         .map_err(store_error)?;
     Ok(Json(json!({
         "meetings": page.meetings.iter().map(meeting_json).collect::<Vec<_>>(),
-        "nextCursor": page.next.map(|(t, id)| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{t}:{id}"))),
+        "nextCursor": page.next.map(|(t, id)| encode_key(t, &id)),
     })))
 }
 
@@ -396,14 +391,6 @@ fn meeting_json(m: &MeetingRow) -> Value {
         })),
         "hasArtifacts": m.status == "ready",
     })
-}
-
-fn decode_cursor(s: &str) -> Result<(u64, String), ApiError> {
-    let bad = || ApiError::bad_request("cursor: not a cursor from a previous page");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).map_err(|_| bad())?;
-    let raw = String::from_utf8(raw).map_err(|_| bad())?;
-    let (t, id) = raw.split_once(':').ok_or_else(bad)?;
-    Ok((t.parse().map_err(|_| bad())?, id.to_owned()))
 }
 
 fn sanitize_name(n: &str) -> String {

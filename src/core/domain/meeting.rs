@@ -14,8 +14,7 @@ use sha2::Sha256;
 
 use super::summary::{
     SummaryError, TokenUsage, bound_lines, bounded, clip, completion_content, format_duration, hhmm, invalid,
-    is_language_tag, is_reasoning_model, iso_date, items, language_name, local_time, offset_label, one_line, optional,
-    parse_date,
+    is_language_tag, iso_date, items, language_name, local_time, offset_label, one_line, optional, parse_date,
 };
 
 /// `response_format.json_schema.name`.
@@ -271,34 +270,13 @@ pub struct MeetingInput<'a> {
 
 /// The full `POST /chat/completions` body asking `model` for the summary of one meeting.
 pub fn chat_request(input: &MeetingInput, model: &str) -> Value {
-    let mut body = json!({
-        "model": model,
-        "messages": [
-            {"role": "system", "content": system_prompt(input)},
-            {"role": "user", "content": user_prompt(input)},
-        ],
-        "response_format": {
-            "type": "json_schema",
-            "json_schema": {
-                "name": SCHEMA_NAME,
-                "description": "Structured summary of one recorded meeting",
-                "strict": true,
-                "schema": json_schema(),
-            }
-        },
-        // Recordings are personal data: do not keep them in OpenAI's stored completions.
-        "store": false,
-    });
-    if is_reasoning_model(model) {
-        // Reasoning models reject any temperature but the default.
-        body["max_completion_tokens"] = json!(MAX_COMPLETION_TOKENS_REASONING);
-        body["reasoning_effort"] = json!("low");
-    } else {
-        body["max_completion_tokens"] = json!(MAX_COMPLETION_TOKENS);
-        // Extraction, not prose: keep it close to deterministic.
-        body["temperature"] = json!(0.2);
-    }
-    body
+    super::summary::structured_request(
+        model,
+        &system_prompt(input),
+        &user_prompt(input),
+        (SCHEMA_NAME, "Structured summary of one recorded meeting", json_schema()),
+        (MAX_COMPLETION_TOKENS, MAX_COMPLETION_TOKENS_REASONING),
+    )
 }
 
 fn system_prompt(input: &MeetingInput) -> String {

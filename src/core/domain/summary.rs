@@ -334,30 +334,43 @@ impl<'a> SummaryInput<'a> {
 
 /// The full `POST /chat/completions` body asking `model` for the summary of one call.
 pub fn chat_request(input: &SummaryInput, model: &str) -> Value {
+    structured_request(
+        model,
+        &system_prompt(input),
+        &user_prompt(input),
+        (SCHEMA_NAME, "Structured summary of one phone call to a business", json_schema()),
+        (MAX_COMPLETION_TOKENS, MAX_COMPLETION_TOKENS_REASONING),
+    )
+}
+
+/// A Chat Completions body answered under a strict JSON schema `(name, description, schema)`,
+/// with a token budget `(normal, reasoning models)`. Shared by the call and meeting summaries.
+pub(crate) fn structured_request(
+    model: &str,
+    system: &str,
+    user: &str,
+    (name, description, schema): (&str, &str, Value),
+    (max_tokens, max_tokens_reasoning): (u32, u32),
+) -> Value {
     let mut body = json!({
         "model": model,
         "messages": [
-            {"role": "system", "content": system_prompt(input)},
-            {"role": "user", "content": user_prompt(input)},
+            {"role": "system", "content": system},
+            {"role": "user", "content": user},
         ],
         "response_format": {
             "type": "json_schema",
-            "json_schema": {
-                "name": SCHEMA_NAME,
-                "description": "Structured summary of one phone call to a business",
-                "strict": true,
-                "schema": json_schema(),
-            }
+            "json_schema": {"name": name, "description": description, "strict": true, "schema": schema}
         },
         // Transcripts are personal data: do not keep them in OpenAI's stored completions.
         "store": false,
     });
     if is_reasoning_model(model) {
         // Reasoning models reject any temperature but the default.
-        body["max_completion_tokens"] = json!(MAX_COMPLETION_TOKENS_REASONING);
+        body["max_completion_tokens"] = json!(max_tokens_reasoning);
         body["reasoning_effort"] = json!("low");
     } else {
-        body["max_completion_tokens"] = json!(MAX_COMPLETION_TOKENS);
+        body["max_completion_tokens"] = json!(max_tokens);
         // Extraction, not prose: keep it close to deterministic.
         body["temperature"] = json!(0.2);
     }
