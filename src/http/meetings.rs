@@ -175,6 +175,7 @@ async fn upload(
     let declared =
         request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
+        drain(request.into_body().into_data_stream().map(|c| c.map_err(|e| e.to_string()))).await;
         return Err(too_large(limit));
     }
     std::fs::create_dir_all(&settings.tmp_dir).map_err(|e| internal(format!("upload folder: {e}")))?;
@@ -288,12 +289,33 @@ where
         let chunk = chunk.as_ref();
         total += chunk.len() as u64;
         if total > limit {
+            drain(stream).await;
             return Err(too_large(limit));
         }
         file.write_all(chunk).await.map_err(|e| internal(format!("spool file: {e}")))?;
     }
     file.flush().await.map_err(|e| internal(format!("spool file: {e}")))?;
     Ok(total)
+}
+
+/// Reads and discards what is left of a refused upload (a bounded amount, for a bounded time),
+/// so the client finishes sending and reads the 413 instead of failing on a reset connection.
+async fn drain<S, B>(mut stream: S)
+where
+    S: futures_util::Stream<Item = Result<B, String>> + Unpin,
+    B: AsRef<[u8]>,
+{
+    const CAP: u64 = 16 << 20;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut n = 0u64;
+        while let Some(Ok(c)) = stream.next().await {
+            n += c.as_ref().len() as u64;
+            if n > CAP {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn artifacts(
