@@ -6,6 +6,7 @@ WORKDIR /src
 # gcc is in the image (webrtc-vad and aws-lc build C code); no OpenSSL is needed.
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY src ./src
+COPY migrations ./migrations
 COPY benches ./benches
 COPY fixtures ./fixtures
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -95,6 +95,9 @@ pub async fn start(
             "!!! SWITCHBOARD_INSECURE_SKIP_SIGNATURE=1: Twilio signatures are NOT checked. Anyone can open calls on your bill. Never use this in production. !!!"
         );
     }
+    for id in tenants::demo_key_tenants(&dir) {
+        warn!(tenant = %id, "!!! tenant {id} still accepts the public demo API key: replace api_keys_sha256 before exposing the API !!!");
+    }
     let store = Store::open(config.database_url.expose(), config.database_max_connections)
         .await
         .context("opening the database (DATABASE_URL)")?;
@@ -110,7 +113,14 @@ pub async fn start(
         summary_attempts: config.jobs.summary_attempts,
         observer,
         metrics: Arc::clone(&metrics),
+        spool_dir: config.spool_dir.clone(),
     });
+    // Records spooled while the database was down (by this daemon before a restart).
+    let replayed =
+        crate::bridge::sink::replay_spool(&store, &tenants, &config.spool_dir, config.jobs.summary_attempts).await;
+    if replayed > 0 {
+        info!(records = replayed, "spooled call records stored");
+    }
     let workers = Workers::start(
         store.clone(),
         crate::worker::registry(&config, &store, &tenants, &metrics)?,
@@ -126,8 +136,11 @@ pub async fn start(
     let tracker = TaskTracker::new();
     let calls_cancel = CancellationToken::new();
     let prewarm = Prewarmer::new(config.prewarm_ttl, tracker.clone(), calls_cancel.child_token(), Arc::clone(&metrics));
+    // Twilio's REST API and webhook tools: no redirects (a webhook endpoint must not be able to
+    // bounce the signed request, with the caller's number, to another host).
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .context("building the HTTP client")?;
     let twilio = match (&config.twilio_account_sid, &config.twilio_auth_token) {
@@ -182,12 +195,41 @@ pub async fn start(
         });
         async move { axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await }
     });
+    // Housekeeping: spooled records once the database is back (every minute), and uploads no
+    // meeting references (hourly, older than a day).
+    let maintenance = CancellationToken::new();
+    let housekeeping = tokio::spawn({
+        let (store, tenants, stop) = (store.clone(), runtime.tenants.clone(), maintenance.clone());
+        let (spool, attempts) = (config.spool_dir.clone(), config.jobs.summary_attempts);
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            let mut n: u64 = 0;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                crate::bridge::sink::replay_spool(&store, &tenants, &spool, attempts).await;
+                if n.is_multiple_of(60) {
+                    let day_ago = crate::bridge::unix_ms().saturating_sub(86_400_000);
+                    match store.sweep_orphan_blobs(day_ago).await {
+                        Ok(0) => {}
+                        Ok(k) => info!(blobs = k, "orphaned uploads deleted"),
+                        Err(e) => warn!(error = %e, "sweeping orphaned uploads failed"),
+                    }
+                }
+                n += 1;
+            }
+        }
+    });
     let done = tokio::spawn({
         let rt = Arc::clone(&runtime);
         let drain = drain.clone();
         async move {
             drain.cancelled().await;
             drain_and_stop(&rt).await;
+            maintenance.cancel();
+            let _ = housekeeping.await;
             // Calls have handed their records over; let running jobs finish (or give them back).
             workers.shutdown(rt.config.shutdown_grace.max(Duration::from_secs(5))).await;
             server_stop.cancel();
@@ -223,7 +265,16 @@ async fn drain_and_stop(rt: &CallRuntime) {
     }
     rt.calls_cancel.cancel();
     rt.tracker.close();
-    if tokio::time::timeout(Duration::from_secs(10), rt.tracker.wait()).await.is_err() {
+    // Cancelled calls still hand their records to the store (the stream tasks belong to the
+    // HTTP server, not to the tracker): wait for them before the workers and the pool stop.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        rt.tracker.wait().await;
+        while rt.streams.load(Relaxed) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    if ended.is_err() {
         warn!("some call tasks did not finish within 10 s of cancellation");
     }
 }

@@ -50,6 +50,8 @@ pub struct Config {
     pub smtp_sender: String,
     /// Where emails go as `.eml` files when no SMTP server is configured.
     pub outbox_dir: PathBuf,
+    /// Where call records wait while the database is down.
+    pub spool_dir: PathBuf,
     pub summary_model: String,
     /// The after-call jobs.
     pub jobs: JobSettings,
@@ -275,6 +277,7 @@ impl Config {
             smtp,
             smtp_sender: get("SMTP_SENDER").unwrap_or_else(|| "Switchboard <switchboard@localhost>".into()),
             outbox_dir: get("OUTBOX_DIR").map(PathBuf::from).unwrap_or_else(|| "./data/outbox".into()),
+            spool_dir: get("SPOOL_DIR").map(PathBuf::from).unwrap_or_else(|| "./data/spool".into()),
             jobs,
             meetings: MeetingSettings {
                 tmp_dir: get("UPLOAD_TMP_DIR").map(PathBuf::from).unwrap_or_else(|| "./data/tmp".into()),

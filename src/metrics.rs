@@ -75,6 +75,7 @@ pub struct Metrics {
     pub calls_persisted: AtomicU64,
     pub call_records_duplicate: AtomicU64,
     pub call_records_unsaved: AtomicU64,
+    pub call_records_spooled: AtomicU64,
     pub summaries_ready: AtomicU64,
     pub summaries_unavailable: AtomicU64,
     pub summary_attempt_failures: AtomicU64,
@@ -120,6 +121,7 @@ impl Default for Metrics {
             calls_persisted: AtomicU64::new(0),
             call_records_duplicate: AtomicU64::new(0),
             call_records_unsaved: AtomicU64::new(0),
+            call_records_spooled: AtomicU64::new(0),
             summaries_ready: AtomicU64::new(0),
             summaries_unavailable: AtomicU64::new(0),
             summary_attempt_failures: AtomicU64::new(0),
@@ -220,6 +222,12 @@ impl Metrics {
             "counter",
             "Records for a CallSid already stored (kept the first).",
             &self.call_records_duplicate,
+        );
+        one(
+            "switchboard_call_records_spooled_total",
+            "counter",
+            "Call records written to the spool folder while the database was down.",
+            &self.call_records_spooled,
         );
         one(
             "switchboard_call_records_unsaved_total",

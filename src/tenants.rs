@@ -831,6 +831,20 @@ fn check_webhook_url(url: &str) -> Result<(), &'static str> {
     }
 }
 
+/// Tenants that still accept the shipped example's API key (`demo-key-<id>`), which anyone
+/// who has read the repository knows.
+pub fn demo_key_tenants(dir: &TenantDirectory) -> Vec<String> {
+    use sha2::Digest as _;
+    dir.tenants()
+        .iter()
+        .filter(|t| {
+            let demo = hex::encode(sha2::Sha256::digest(format!("demo-key-{}", t.id).as_bytes()));
+            t.api_keys_sha256.contains(&demo)
+        })
+        .map(|t| t.id.clone())
+        .collect()
+}
+
 /// The local date and time in `zone` at `at_ms` (Unix ms).
 pub fn local_time(zone: &str, at_ms: u64) -> time::PrimitiveDateTime {
     let offset = i64::from(utc_offset_minutes(zone, at_ms));

@@ -374,3 +374,58 @@ async fn without_smtp_emails_are_written_to_the_outbox_folder() {
     assert_eq!(c["email"]["status"], "sent");
     db.drop().await;
 }
+
+/// A summary job whose daemons kept dying (its last lease lapsed): it goes `dead`, and the
+/// owner still gets the transcript instead of nothing.
+async fn a_summary_job_abandoned_by_dying_daemons_still_emails_the_transcript(postgres: bool) {
+    use switchboard::core::domain::call::{CallRecord, CallStats, EndReason, Speaker, TranscriptTurn};
+    let db = Db::new(postgres).await;
+    let store = db.store().await;
+    let now = switchboard::worker::now_ms();
+    let rec = CallRecord {
+        tenant_id: "mario".into(),
+        call_sid: "CA0123456789abcdef0123456789abcdef".into(),
+        stream_sid: "MZ1".into(),
+        from: "+393331234567".into(),
+        to: MARIO.into(),
+        started_at_ms: now - 60_000,
+        ended_at_ms: now,
+        duration_ms: 60_000,
+        end_reason: EndReason::CallerHangup,
+        end_detail: None,
+        transcript: vec![TranscriptTurn {
+            speaker: Speaker::Caller,
+            start_ms: 1_000,
+            text: "Vorrei prenotare per domani sera".into(),
+            item_id: None,
+            interrupted: false,
+            heard_ms: None,
+            generated_ms: None,
+            generated_text: None,
+        }],
+        interruptions: 0,
+        caller_talk_ms: 3_000,
+        agent_talk_ms: 4_000,
+        usage: Default::default(),
+        stats: CallStats::default(),
+        reconnects: Vec::new(),
+        bookings: Vec::new(),
+        transferred_to: None,
+    };
+    let job = switchboard::worker::summarize::job(&rec, now, 1);
+    assert!(store.insert_call(&rec, "it", &job, now).await.unwrap());
+    // A daemon takes the job and dies with it.
+    assert!(store.claim_job("dying-daemon", now, 1).await.unwrap().is_some());
+    let smtp = SmtpSink::start().await.unwrap();
+    let h = start(&db, Some(&smtp.url()), &[]).await;
+    let mail = smtp.wait_for_messages(1, T).await.expect("the transcript is emailed").remove(0);
+    assert!(mail.part("text/plain").unwrap().contains("Vorrei prenotare per domani sera"));
+    let row = store.job("call.summarize", &rec.call_sid).await.unwrap().unwrap();
+    assert_eq!(row.status, "dead");
+    let c = api(&h, &format!("/api/calls/{}", rec.call_sid)).await;
+    assert_eq!(c["summaryStatus"], "unavailable");
+    assert!(h.fake.chat_requests().is_empty(), "an abandoned job is not retried past its limit");
+    store.close().await;
+    db.drop().await;
+}
+both!(a_summary_job_abandoned_by_dying_daemons_still_emails_the_transcript);

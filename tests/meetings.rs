@@ -338,3 +338,76 @@ async fn cors_preflight_answers_only_allowed_origins() {
     assert!(bad.headers().get("access-control-allow-origin").is_none(), "other origins get no CORS grant");
     api.finish().await;
 }
+
+/// A meeting job whose daemons kept dying: the meeting ends `failed` (not stuck in
+/// `processing`), its recording is deleted, and a new upload is accepted.
+async fn a_meeting_job_abandoned_by_dying_daemons_fails_the_meeting(postgres: bool) {
+    let pg = if postgres { Some(PgSchema::create().await.expect("postgres")) } else { None };
+    let url = match &pg {
+        Some(p) => p.url.clone(),
+        None => format!(
+            "sqlite://{}/db.sqlite",
+            std::env::temp_dir().join(format!("sb-cursed-{}", uuid::Uuid::new_v4().simple())).display()
+        ),
+    };
+    // Before the daemon starts: a meeting whose one-attempt job a daemon took and died with.
+    let store = Store::open(&url, 2).await.unwrap();
+    let now = switchboard::worker::now_ms();
+    let id = "01a20000-0000-7000-8000-00000000c0de";
+    store
+        .insert_meeting(&switchboard::store::NewMeeting {
+            id: id.into(),
+            tenant_id: "mario".into(),
+            title: "Cursed".into(),
+            scheduled_at_ms: None,
+            public_join: false,
+            jitsi_room_name: "sb-meet-cursed".into(),
+            created_at_ms: now,
+        })
+        .await
+        .unwrap();
+    let spool = std::env::temp_dir().join(format!("sb-cursed-{}.wav", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&spool, TWO_VOICES_WAV).unwrap();
+    let bytes = store.put_blob("blob-cursed", "mario", &spool, now).await.unwrap();
+    let job = switchboard::worker::meetings::process_job("mario", id, "blob-cursed", now, 1);
+    let attached = store
+        .start_meeting_processing("mario", id, "blob-cursed", "cursed.wav", "audio/wav", bytes, None, &job, now)
+        .await
+        .unwrap();
+    assert!(attached);
+    assert!(store.claim_job("dying-daemon", now, 1).await.unwrap().is_some());
+
+    let mut env: Vec<(&str, &str)> = vec![("JOB_POLL_MS", "50"), ("DATABASE_URL", url.as_str())];
+    env.push(("OPENAI_TRANSCRIBE_MODEL", "whisper-1"));
+    let h = Harness::start_with(script(), None, &env).await;
+    let deadline = Instant::now() + T;
+    loop {
+        let row = store.meeting(None, id).await.unwrap().unwrap();
+        if row.status == "failed" {
+            assert!(row.error.as_deref().unwrap_or("").contains("upload the recording again"), "{row:?}");
+            assert!(!store.blob_exists("blob-cursed").await.unwrap(), "the recording is deleted");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the meeting stayed {}", row.status);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(h.fake.transcription_requests().is_empty(), "not run past its limit");
+    let part =
+        reqwest::multipart::Part::bytes(TWO_VOICES_WAV.to_vec()).file_name("again.wav").mime_str("audio/wav").unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/meetings/{id}/audio", h.http))
+        .bearer_auth(api_key("mario"))
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED, "a new upload is accepted");
+    store.close().await;
+    h.daemon.shutdown();
+    let _ = h.daemon.wait().await;
+    let _ = std::fs::remove_file(spool);
+    if let Some(p) = pg {
+        p.drop_schema().await.unwrap();
+    }
+}
+both!(a_meeting_job_abandoned_by_dying_daemons_fails_the_meeting);

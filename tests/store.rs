@@ -344,3 +344,39 @@ async fn history_search_and_analytics(store: Store) {
     assert_eq!(a.days[1].day - d0.day, 1);
 }
 both!(history_search_and_analytics);
+
+/// The database refuses a record at hang-up: it waits in the spool folder and is stored by the
+/// replay once the database answers again, exactly once.
+async fn records_wait_in_the_spool_while_the_database_is_down(store: Store) {
+    use switchboard::bridge::sink::{CallSink, StoreSink, replay_spool};
+    let spool = std::env::temp_dir().join(format!("sb-spool-{}", uuid::Uuid::new_v4().simple()));
+    let tenants =
+        switchboard::bridge::TenantsHandle::new(switchboard::core::domain::tenant::TenantDirectory::new(Vec::new()));
+    let metrics = Arc::new(switchboard::metrics::Metrics::default());
+    // A closed pool stands in for a database that is down.
+    let down = Store::open(store.url(), 1).await.unwrap();
+    down.close().await;
+    let sink = StoreSink {
+        store: down,
+        tenants: tenants.clone(),
+        waker: Arc::new(tokio::sync::Notify::new()),
+        summary_attempts: 3,
+        observer: None,
+        metrics: Arc::clone(&metrics),
+        spool_dir: spool.clone(),
+    };
+    let r = record("mario", "CAspool", T0, EndReason::CallerHangup, &[(Speaker::Caller, "pronto")]);
+    sink.submit(r.clone()).await;
+    assert_eq!(metrics.call_records_spooled.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(spool.join("CAspool.json").is_file(), "spooled");
+    assert!(store.call(None, "CAspool").await.unwrap().is_none());
+    // The database is back: the replay stores it with its summary job, once.
+    assert_eq!(replay_spool(&store, &tenants, &spool, 3).await, 1);
+    assert!(!spool.join("CAspool.json").exists(), "removed once stored");
+    let row = store.call(Some("mario"), "CAspool").await.unwrap().expect("stored");
+    assert_eq!(serde_json::from_str::<CallRecord>(&row.record_json).unwrap(), r);
+    assert!(store.job("call.summarize", "CAspool").await.unwrap().is_some());
+    assert_eq!(replay_spool(&store, &tenants, &spool, 3).await, 0);
+    let _ = std::fs::remove_dir_all(spool);
+}
+both!(records_wait_in_the_spool_while_the_database_is_down);

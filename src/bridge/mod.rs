@@ -513,6 +513,9 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                     let rest = rt.twilio.clone();
                     let sid = call_sid.clone();
                     let dest = dest.map(|d| d.number.clone());
+                    if let Some(n) = &dest {
+                        session.on_transfer_started(n);
+                    }
                     transferring = Some(Box::pin(async move {
                         let number = dest.ok_or_else(|| "no transfer number is configured".to_owned())?;
                         let rest = rest.ok_or_else(|| {

@@ -209,7 +209,13 @@ async fn upload(
         })?;
     let now = crate::bridge::unix_ms();
     let blob_id = uuid::Uuid::now_v7().to_string();
-    let bytes = state.store.put_blob(&blob_id, &tenant.id, &upload.path, now).await.map_err(store_error)?;
+    let bytes = match state.store.put_blob(&blob_id, &tenant.id, &upload.path, now).await {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = state.store.delete_blob(&blob_id).await;
+            return Err(store_error(e));
+        }
+    };
     let job = process_job(&tenant.id, &id, &blob_id, now, settings.attempts);
     let started = state
         .store
@@ -224,8 +230,14 @@ async fn upload(
             &job,
             now,
         )
-        .await
-        .map_err(store_error)?;
+        .await;
+    let started = match started {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = state.store.delete_blob(&blob_id).await;
+            return Err(store_error(e));
+        }
+    };
     if !started {
         let _ = state.store.delete_blob(&blob_id).await;
         return Err(conflict("the meeting's recording is being processed"));

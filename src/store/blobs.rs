@@ -114,3 +114,24 @@ impl Store {
         Ok(n > 0 || b.is_some())
     }
 }
+
+impl Store {
+    /// Deletes blobs older than `before_ms` that no meeting references (an upload whose client
+    /// went away mid-copy, or whose meeting update failed). Returns how many.
+    pub async fn sweep_orphan_blobs(&self, before_ms: u64) -> Result<u64> {
+        let rows = sqlx::query(
+            "SELECT id FROM blobs WHERE created_at_ms < $1 AND id NOT IN \
+             (SELECT audio_blob_id FROM meetings WHERE audio_blob_id IS NOT NULL)",
+        )
+        .bind(to_i64(before_ms))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut n = 0;
+        for r in rows {
+            let id: String = r.try_get("id")?;
+            self.delete_blob(&id).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}

@@ -306,9 +306,10 @@ impl Store {
         now_ms: u64,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        sqlx::query(
+        let updated = sqlx::query(
             "UPDATE calls SET summary_status = $1, summary_json = $2, summary_text = $3, sentiment = $4, \
-             has_booking = $5, summary_error = $6, summary_tokens = $7 WHERE call_sid = $8",
+             has_booking = $5, summary_error = $6, summary_tokens = $7 WHERE call_sid = $8 \
+             AND summary_status = 'pending'",
         )
         .bind(update.status)
         .bind(update.summary_json.as_deref())
@@ -320,6 +321,11 @@ impl Store {
         .bind(call_sid)
         .execute(&mut *tx)
         .await?;
+        if updated.rows_affected() == 0 {
+            // Summarized already (by an earlier run): its summary and email stand.
+            tx.rollback().await?;
+            return Ok(());
+        }
         if self.backend == Backend::Sqlite {
             sqlx::query("UPDATE calls_fts SET summary = $1 WHERE call_sid = $2")
                 .bind(update.summary_text.as_deref().unwrap_or(""))

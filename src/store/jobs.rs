@@ -111,22 +111,40 @@ impl Store {
         Ok(added)
     }
 
-    /// Takes the next due job (or one whose lease expired) for `lease_ms`.
+    /// Takes the next due job of any kind (or one whose lease expired) for `lease_ms`.
     pub async fn claim_job(&self, worker: &str, now_ms: u64, lease_ms: u64) -> Result<Option<ClaimedJob>> {
+        self.claim_job_of(worker, now_ms, lease_ms, &[]).await
+    }
+
+    /// Takes the next due job of one of `kinds` (all kinds if empty): a daemon only claims the
+    /// jobs it has handlers for (during a rolling upgrade an older one leaves newer kinds alone).
+    pub async fn claim_job_of(
+        &self,
+        worker: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        kinds: &[&str],
+    ) -> Result<Option<ClaimedJob>> {
         let lock = match self.backend {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
+        let kind_filter = if kinds.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = (0..kinds.len()).map(|i| format!("${}", 10 + i)).collect();
+            format!(" AND kind IN ({})", list.join(", "))
+        };
         let sql = format!(
             "UPDATE jobs SET status = $1, attempts = attempts + 1, lease_token = $2, locked_by = $3, \
              lease_until_ms = $4, updated_at_ms = $5 \
-             WHERE id = (SELECT id FROM jobs WHERE (status = $6 AND run_at_ms <= $7) \
-                 OR (status = $8 AND lease_until_ms < $9) ORDER BY run_at_ms, id LIMIT 1{lock}) \
+             WHERE id = (SELECT id FROM jobs WHERE ((status = $6 AND run_at_ms <= $7) \
+                 OR (status = $8 AND lease_until_ms < $9)){kind_filter} ORDER BY run_at_ms, id LIMIT 1{lock}) \
              RETURNING id, kind, dedupe_key, tenant_id, payload, attempts, max_attempts"
         );
         let token = uuid::Uuid::new_v4().to_string();
         let now = to_i64(now_ms);
-        let row = sqlx::query(AssertSqlSafe(sql.as_str()))
+        let mut q = sqlx::query(AssertSqlSafe(sql.as_str()))
             .bind(RUNNING)
             .bind(&token)
             .bind(worker)
@@ -135,9 +153,11 @@ impl Store {
             .bind(QUEUED)
             .bind(now)
             .bind(RUNNING)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await?;
+            .bind(now);
+        for k in kinds {
+            q = q.bind(*k);
+        }
+        let row = q.fetch_optional(&self.pool).await?;
         let Some(row) = row else { return Ok(None) };
         let payload: String = row.try_get("payload")?;
         Ok(Some(ClaimedJob {

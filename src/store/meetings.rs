@@ -202,11 +202,11 @@ impl Store {
         now_ms: u64,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        sqlx::query(
+        let r = sqlx::query(
             "UPDATE meetings SET status = 'ready', error = NULL, language = COALESCE($1, language), \
              audio_duration_ms = COALESCE($2, audio_duration_ms), transcript_json = $3, summary_json = $4, \
              tasks_json = CASE WHEN tasks_edited = 1 THEN tasks_json ELSE $5 END, summary_tokens = summary_tokens + $6, \
-             audio_blob_id = NULL, updated_at_ms = $7, processed_at_ms = $8 WHERE id = $9",
+             audio_blob_id = NULL, updated_at_ms = $7, processed_at_ms = $8 WHERE id = $9 AND status = 'processing'",
         )
         .bind(a.language.as_deref())
         .bind(a.duration_ms.map(to_i64))
@@ -219,6 +219,11 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
+        if r_done(&r) {
+            // Finished (or failed) by another run meanwhile: keep its outcome.
+            tx.rollback().await?;
+            return Ok(());
+        }
         if let Some(b) = blob_id {
             self.delete_blob_in(&mut tx, b).await?;
         }
@@ -256,9 +261,9 @@ impl Store {
     /// Marks the meeting failed with a message for people, and deletes the recording.
     pub async fn fail_meeting(&self, id: &str, blob_id: Option<&str>, error: &str, now_ms: u64) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        sqlx::query(
+        let r = sqlx::query(
             "UPDATE meetings SET status = 'failed', error = $1, audio_blob_id = NULL, updated_at_ms = $2, \
-             processed_at_ms = $3 WHERE id = $4",
+             processed_at_ms = $3 WHERE id = $4 AND status = 'processing'",
         )
         .bind(error)
         .bind(to_i64(now_ms))
@@ -266,6 +271,10 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
+        if r_done(&r) {
+            tx.rollback().await?;
+            return Ok(());
+        }
         if let Some(b) = blob_id {
             self.delete_blob_in(&mut tx, b).await?;
         }
@@ -350,4 +359,9 @@ impl Store {
         let row = sqlx::query("SELECT value FROM settings WHERE name = $1").bind(name).fetch_one(&self.pool).await?;
         Ok(row.try_get("value")?)
     }
+}
+
+/// True when an update guarded by `status = 'processing'` found nothing to change.
+fn r_done(r: &sqlx::any::AnyQueryResult) -> bool {
+    r.rows_affected() == 0
 }

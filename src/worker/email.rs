@@ -42,6 +42,19 @@ impl JobHandler for SendEmail {
         let me = self.clone();
         Box::pin(async move { me.deliver(job).await })
     }
+
+    fn on_dead(&self, job: ClaimedJob, error: String) -> BoxFuture<'static, ()> {
+        let me = self.clone();
+        Box::pin(async move {
+            let Some(id) = job.payload["emailId"].as_str() else { return };
+            if let Ok(Some(e)) = me.store.email(id).await
+                && e.status == EmailStatus::Pending
+            {
+                let _ = me.store.record_email_attempt(id, EmailStatus::Failed, now_ms(), Some(&error), None).await;
+                me.metrics.emails_failed.fetch_add(1, Relaxed);
+            }
+        })
+    }
 }
 
 impl SendEmail {

@@ -59,9 +59,16 @@ pub struct MeetingJobs {
     pub tmp_dir: PathBuf,
     pub max_upload_bytes: u64,
     pub max_secs: u64,
+    /// Long recordings are decoded whole in memory (about 115 MB per hour): one at a time.
+    pub decode_permits: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl JobHandler for MeetingJobs {
+    fn on_dead(&self, job: ClaimedJob, error: String) -> BoxFuture<'static, ()> {
+        let me = self.clone();
+        Box::pin(async move { me.dead(job, error).await })
+    }
+
     fn run(&self, job: ClaimedJob) -> BoxFuture<'static, Result<(), JobError>> {
         let me = self.clone();
         Box::pin(async move {
@@ -88,6 +95,19 @@ impl JobHandler for MeetingJobs {
                 }
             }
         })
+    }
+}
+
+impl MeetingJobs {
+    /// The job died outside its own failure handling (a panic, a database error on the last
+    /// attempt, dying daemons): the meeting must not stay `processing` for ever.
+    async fn dead(&self, job: ClaimedJob, error: String) {
+        let id = job.payload["meetingId"].as_str().unwrap_or_default();
+        let blob = job.payload["blobId"].as_str();
+        let msg = format!("processing failed after several attempts ({error}); upload the recording again");
+        if let Err(e) = self.store.fail_meeting(id, blob, &msg, now_ms()).await {
+            tracing::error!(meeting = %id, error = %e, "could not mark a dead meeting job failed");
+        }
     }
 }
 
@@ -193,6 +213,7 @@ impl MeetingJobs {
             return self.send(&format!("recording.{sent_ext}"), &mime, bytes).await;
         }
         // Too big for one request: decode, resample to 16 kHz mono, split on silence.
+        let _permit = self.decode_permits.acquire().await.map_err(|e| Step::retry(format!("decoder: {e}")))?;
         let (p, mt) = (path.clone(), mime.clone());
         let samples = tokio::task::spawn_blocking(move || crate::media::decode_mono_16k(&p, Some(&mt), MAX_RECORDING))
             .await

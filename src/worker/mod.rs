@@ -48,6 +48,13 @@ impl JobError {
 /// Runs one kind of job.
 pub trait JobHandler: Send + Sync + 'static {
     fn run(&self, job: ClaimedJob) -> BoxFuture<'static, Result<(), JobError>>;
+
+    /// The job has gone `dead` (its attempts are spent, it panicked on the last one, or it was
+    /// abandoned by dying daemons too often): leave what it concerns in a final, visible state
+    /// (a meeting `failed`, a call emailed without its summary). Best effort.
+    fn on_dead(&self, _job: ClaimedJob, _error: String) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// How a kind of job backs off between attempts.
@@ -193,7 +200,8 @@ impl Worker {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let lease_ms = u64::try_from(self.config.lease.as_millis()).unwrap_or(u64::MAX);
-            match self.store.claim_job(&self.config.worker_id, now_ms(), lease_ms).await {
+            let kinds: Vec<&str> = self.registry.kinds.keys().copied().collect();
+            match self.store.claim_job_of(&self.config.worker_id, now_ms(), lease_ms, &kinds).await {
                 Ok(Some(job)) => {
                     self.run_one(job).await;
                     continue;
@@ -223,7 +231,7 @@ impl Worker {
             if job.attempts > job.max_attempts {
                 // Its leases lapsed on every attempt (daemons died mid-job).
                 let msg = format!("abandoned {} times: giving up", job.attempts - 1);
-                self.record(&job, Err(JobError::Fatal(msg)), None).await;
+                self.record(&job, Err(JobError::Fatal(msg)), Some(kind)).await;
                 return;
             }
             debug!("job started");
@@ -240,7 +248,14 @@ impl Worker {
                     _ = beat.tick() => {
                         match self.store.extend_lease(&job, now_ms(), lease_ms).await {
                             Ok(true) => {}
-                            Ok(false) => warn!("lease lost: another worker may run this job"),
+                            Ok(false) => {
+                                // Another worker took the job (our lease lapsed): stop, so the
+                                // two never both write its results.
+                                warn!("lease lost to another worker: abandoning this run");
+                                abort.abort();
+                                let _ = (&mut handle).await;
+                                return;
+                            }
                             Err(e) => warn!(error = %e, "extending the lease failed"),
                         }
                     }
@@ -265,14 +280,15 @@ impl Worker {
                 }
                 Err(e) => Err(JobError::retry(format!("handler task failed: {e}"))),
             };
-            self.record(&job, result, Some(kind.backoff)).await;
+            self.record(&job, result, Some(kind)).await;
         }
         .instrument(span)
         .await
     }
 
-    async fn record(&self, job: &ClaimedJob, result: Result<(), JobError>, backoff: Option<Backoff>) {
+    async fn record(&self, job: &ClaimedJob, result: Result<(), JobError>, kind: Option<&Kind>) {
         use std::sync::atomic::Ordering::Relaxed;
+        let backoff = kind.map(|k| k.backoff);
         let now = now_ms();
         let outcome = match &result {
             Ok(()) => {
@@ -290,7 +306,13 @@ impl Worker {
             Err(e) => {
                 self.stats.jobs_dead.fetch_add(1, Relaxed);
                 error!(error = %e, attempts = job.attempts, "job failed for good: dead");
-                self.store.fail_job(job, now, &e.to_string(), None).await
+                let r = self.store.fail_job(job, now, &e.to_string(), None).await;
+                if matches!(r, Ok(true))
+                    && let Some(k) = kind
+                {
+                    k.handler.on_dead(job.clone(), e.to_string()).await;
+                }
+                r
             }
         };
         match outcome {
@@ -389,6 +411,7 @@ pub fn registry(
         tmp_dir: m.tmp_dir.clone(),
         max_upload_bytes: m.transcribe_max_bytes,
         max_secs: m.transcribe_max_secs,
+        decode_permits: Arc::new(tokio::sync::Semaphore::new(1)),
     });
     let meeting_backoff = Backoff { base: jobs.summary_retry_base, cap: jobs.summary_retry_cap };
     r.register(meetings::PROCESS, meeting_backoff, meeting_jobs.clone());

@@ -47,7 +47,19 @@ pub struct Summarize {
 
 impl JobHandler for Summarize {
     fn run(&self, job: ClaimedJob) -> BoxFuture<'static, Result<(), JobError>> {
-        let me = Summarize {
+        let me = self.clone_handle();
+        Box::pin(async move { me.summarize(job).await })
+    }
+
+    fn on_dead(&self, job: ClaimedJob, error: String) -> BoxFuture<'static, ()> {
+        let me = self.clone_handle();
+        Box::pin(async move { me.dead(job, error).await })
+    }
+}
+
+impl Summarize {
+    fn clone_handle(&self) -> Summarize {
+        Summarize {
             store: self.store.clone(),
             tenants: self.tenants.clone(),
             chat: self.chat.clone(),
@@ -55,12 +67,9 @@ impl JobHandler for Summarize {
             sender: self.sender.clone(),
             email_attempts: self.email_attempts,
             metrics: Arc::clone(&self.metrics),
-        };
-        Box::pin(async move { me.summarize(job).await })
+        }
     }
-}
 
-impl Summarize {
     async fn summarize(&self, job: ClaimedJob) -> Result<(), JobError> {
         let call_sid =
             job.payload["callSid"].as_str().ok_or_else(|| JobError::Fatal("payload has no callSid".into()))?.to_owned();
@@ -92,23 +101,7 @@ impl Summarize {
             }
             Err(e) => {
                 self.metrics.summary_attempt_failures.fetch_add(1, Relaxed);
-                tracing::warn!(call_sid = %call_sid, error = %e.message, attempts = job.attempts, "no summary: emailing the transcript");
-                self.metrics.summaries_unavailable.fetch_add(1, Relaxed);
-                let update = CallSummaryUpdate {
-                    status: "unavailable",
-                    summary_json: None,
-                    summary_text: None,
-                    sentiment: None,
-                    has_booking: !record.bookings.is_empty(),
-                    error: Some(e.message.clone()),
-                    tokens: 0,
-                };
-                let why = if e.retryable {
-                    "the summary service did not answer after several attempts"
-                } else {
-                    "the summary service could not summarize this call"
-                };
-                return self.save(&tenant, &record, None, Some(why), &update).await;
+                return self.without_summary(&tenant, &record, &e.message, e.retryable).await;
             }
         };
         let update = CallSummaryUpdate {
@@ -122,6 +115,48 @@ impl Summarize {
         };
         self.metrics.summaries_ready.fetch_add(1, Relaxed);
         self.save(&tenant, &record, Some(&summary), None, &update).await
+    }
+
+    /// No summary after all: the owner still gets the call, with its transcript and a plain note.
+    async fn without_summary(
+        &self,
+        tenant: &Tenant,
+        record: &CallRecord,
+        error: &str,
+        retried: bool,
+    ) -> Result<(), JobError> {
+        tracing::warn!(call_sid = %record.call_sid, error = %error, "no summary: emailing the transcript");
+        self.metrics.summaries_unavailable.fetch_add(1, Relaxed);
+        let update = CallSummaryUpdate {
+            status: "unavailable",
+            summary_json: None,
+            summary_text: None,
+            sentiment: None,
+            has_booking: !record.bookings.is_empty(),
+            error: Some(error.to_owned()),
+            tokens: 0,
+        };
+        let why = if retried {
+            "the summary service did not answer after several attempts"
+        } else {
+            "the summary service could not summarize this call"
+        };
+        self.save(tenant, record, None, Some(why), &update).await
+    }
+
+    /// The job died outside the handler's own fallback (a panic, a database error on the last
+    /// attempt, dying daemons): still send the transcript.
+    async fn dead(&self, job: ClaimedJob, error: String) {
+        let Some(call_sid) = job.payload["callSid"].as_str() else { return };
+        let Ok(Some(row)) = self.store.call(None, call_sid).await else { return };
+        if row.summary_status != "pending" {
+            return;
+        }
+        let Ok(record) = serde_json::from_str::<CallRecord>(&row.record_json) else { return };
+        let Some(tenant) = self.tenants.current().by_id(&record.tenant_id) else { return };
+        if let Err(e) = self.without_summary(&tenant, &record, &error, true).await {
+            tracing::error!(call_sid = %call_sid, error = %e, "could not email the transcript of a dead summary job");
+        }
     }
 
     /// One request to the model.

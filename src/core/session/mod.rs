@@ -244,6 +244,8 @@ pub struct CallSession {
     deferred_barge_in: Option<BargeInSource>,
     bookings: Vec<crate::core::domain::booking::Booking>,
     transferred_to: Option<String>,
+    /// The number a transfer in progress dials.
+    transfer_number: Option<String>,
     ending_goodbye_requested: bool,
     idle_prompts: u32,
     goodbye_requested: bool,
@@ -319,6 +321,7 @@ impl CallSession {
             deferred_barge_in: None,
             bookings: Vec::new(),
             transferred_to: None,
+            transfer_number: None,
             ending_goodbye_requested: false,
             idle_prompts: 0,
             goodbye_requested: false,
@@ -435,6 +438,7 @@ impl CallSession {
     pub fn on_tool_result(&mut self, now: Millis, call_id: &str, output: &str) {
         let was_side_effect = self.side_effect_calls.remove(call_id);
         if self.phase != Phase::Live || self.upstream != Upstream::Ready {
+            self.check_ending();
             return;
         }
         self.out.push_back(Output::Realtime(client::function_call_output(call_id, output)));
@@ -464,7 +468,13 @@ impl CallSession {
     /// After `end_call` / `transfer_call`: once the last words have been generated and heard,
     /// hang up, or ask the bridge to transfer.
     fn check_ending(&mut self) {
-        if !self.ending_goodbye_requested || self.phase != Phase::Live || self.agent_busy() {
+        // A tool that changes something (a booking) finishes first: its result belongs in the
+        // record. Tools always answer within their timeout.
+        if !self.ending_goodbye_requested
+            || self.phase != Phase::Live
+            || self.agent_busy()
+            || !self.side_effect_calls.is_empty()
+        {
             return;
         }
         match &mut self.ending {
@@ -480,6 +490,11 @@ impl CallSession {
             }
             Some(Ending::Transfer { .. }) => {}
         }
+    }
+
+    /// The bridge is redirecting the call to `number` (its REST answer follows).
+    pub fn on_transfer_started(&mut self, number: &str) {
+        self.transfer_number = Some(number.to_owned());
     }
 
     /// The bridge redirected the call: this stream ends (Twilio now dials the target).
@@ -751,6 +766,15 @@ impl CallSession {
     /// The Twilio socket ended (`stop`, close, or error).
     pub fn on_twilio_closed(&mut self, _now: Millis, reason: EndReason) {
         if self.phase == Phase::Ended {
+            return;
+        }
+        // A redirect makes Twilio stop this stream, possibly before its REST answer reaches
+        // us: a stream that ends while a transfer is under way was transferred.
+        if let (Some(Ending::Transfer { requested: true, .. }), Some(number)) = (&self.ending, &self.transfer_number) {
+            let number = number.clone();
+            self.transferred_to = Some(number.clone());
+            self.end_reason = Some((EndReason::Transferred, Some(format!("transferred to {number}"))));
+            self.end();
             return;
         }
         if self.end_reason.is_none() || reason == EndReason::CallerHangup {

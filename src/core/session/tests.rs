@@ -970,3 +970,24 @@ fn barge_in_waits_for_a_side_effecting_tool() {
     // The caller is still talking (no speech_stopped yet): the interruption happens now.
     assert!(v.iter().any(|v| v["event"] == "clear"), "{v:?}");
 }
+
+#[test]
+fn a_stream_stopped_by_the_redirect_itself_is_recorded_as_transferred() {
+    let mut s = CallSession::new(with(|p| p.transfer_targets = vec!["staff".into()]), 0, true);
+    drain(&mut s);
+    s.handle_realtime_text(10, &rt(json!({"type":"response.created","response":{"id":"r1"}})));
+    s.handle_realtime_text(
+        11,
+        &rt(json!({"type":"response.function_call_arguments.done","response_id":"r1","item_id":"fc","call_id":"c1","name":"transfer_call","arguments":"{}"})),
+    );
+    s.handle_realtime_text(12, &rt(json!({"type":"response.done","response":{"id":"r1","status":"completed"}})));
+    drain(&mut s);
+    play_response(&mut s, 20, "r2", "announce");
+    assert!(drain(&mut s).contains(&Output::Transfer { target: None }));
+    s.on_transfer_started("+39021111199");
+    // Twilio's `stop` (the redirect ended the stream) arrives before the REST answer.
+    s.handle_twilio_text(30, r#"{"event":"stop","stop":{"callSid":"CA1"}}"#);
+    let rec = s.into_record(40);
+    assert_eq!(rec.end_reason, EndReason::Transferred);
+    assert_eq!(rec.transferred_to.as_deref(), Some("+39021111199"));
+}
