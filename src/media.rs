@@ -498,6 +498,35 @@ impl FftStream {
     }
 }
 
+/// The extension to give a recording: its own when it has a known one, else from its type.
+pub fn file_extension(name: &str, mime: &str) -> &'static str {
+    const KNOWN: [&str; 10] = ["wav", "mp3", "m4a", "mp4", "aac", "ogg", "oga", "opus", "flac", "webm"];
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    KNOWN.iter().find(|k| **k == ext).copied().unwrap_or_else(|| extension_for(mime))
+}
+
+/// The usual extension of an audio media type (`bin` when unknown).
+pub fn extension_for(media_type: &str) -> &'static str {
+    match media_type {
+        "audio/wav" | "audio/x-wav" | "audio/wave" | "audio/vnd.wave" => "wav",
+        "audio/mpeg" | "audio/mp3" => "mp3",
+        "audio/mp4" | "audio/m4a" | "audio/x-m4a" | "audio/aac" | "video/mp4" => "m4a",
+        "audio/ogg" | "audio/opus" | "application/ogg" => "ogg",
+        "audio/flac" | "audio/x-flac" => "flac",
+        "audio/webm" | "video/webm" => "webm",
+        _ => "bin",
+    }
+}
+
+/// Deletes a spool file however its owner ends (an upload handler, a job).
+pub struct RemoveOnDrop(pub std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -845,15 +845,6 @@ pub fn demo_key_tenants(dir: &TenantDirectory) -> Vec<String> {
         .collect()
 }
 
-/// The local date and time in `zone` at `at_ms` (Unix ms).
-pub fn local_time(zone: &str, at_ms: u64) -> time::PrimitiveDateTime {
-    let offset = i64::from(utc_offset_minutes(zone, at_ms));
-    let utc = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(at_ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let local = utc + time::Duration::minutes(offset);
-    time::PrimitiveDateTime::new(local.date(), local.time())
-}
-
 /// Minutes east of UTC in `zone` at `at_ms` (Unix ms), daylight saving included. A zone that
 /// does not resolve (it was validated at load, so this is not expected) counts as UTC.
 pub fn utc_offset_minutes(zone: &str, at_ms: u64) -> i32 {

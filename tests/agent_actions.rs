@@ -78,7 +78,7 @@ async fn tool_output(h: &Harness) -> Value {
 }
 
 fn tomorrow_in_rome() -> String {
-    let now = switchboard::tenants::local_time("Europe/Rome", switchboard::worker::now_ms());
+    let now = switchboard::tenants::local_datetime("Europe/Rome", switchboard::worker::now_ms());
     let d = now.date().next_day().unwrap();
     format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
 }

@@ -78,7 +78,7 @@ async fn run(tenant: &Tenant, ctx: &ToolContext, name: &str, arguments: &str) ->
         Some(BuiltinTool::BusinessInfo) => (tools::business_info(&tenant.name, &tenant.business), None),
         Some(BuiltinTool::TakeBooking) => match &tenant.booking {
             Some(rules) => {
-                let now_local = crate::tenants::local_time(&tenant.timezone, super::unix_ms());
+                let now_local = crate::tenants::local_datetime(&tenant.timezone, super::unix_ms());
                 match booking::validate(arguments, rules, now_local) {
                     Ok(b) => (booking::tool_output_ok(&b), Some(b)),
                     Err(problems) => (booking::tool_output_rejected(&problems, rules), None),

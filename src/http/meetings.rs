@@ -26,6 +26,7 @@ use super::calls::{camelize, decode_key, encode_key, limit, rfc3339, store_error
 use super::error::ApiError;
 use crate::core::domain::meeting::{TaskInput, jitsi_room_name, validate_tasks};
 use crate::core::domain::tenant::Tenant;
+use crate::media::{RemoveOnDrop, extension_for, file_extension};
 use crate::store::{MeetingRow, NewMeeting};
 use crate::worker::meetings::{process_job, summarize_job};
 
@@ -433,25 +434,6 @@ fn sanitize_name(n: &str) -> String {
     if clean.trim().is_empty() { "recording".into() } else { clean }
 }
 
-/// The extension to give a recording: its own when it has a known one, else from its type.
-pub fn file_extension(name: &str, mime: &str) -> &'static str {
-    const KNOWN: [&str; 10] = ["wav", "mp3", "m4a", "mp4", "aac", "ogg", "oga", "opus", "flac", "webm"];
-    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
-    KNOWN.iter().find(|k| **k == ext).copied().unwrap_or_else(|| extension_for(mime))
-}
-
-fn extension_for(media_type: &str) -> &'static str {
-    match media_type {
-        "audio/wav" | "audio/x-wav" | "audio/wave" | "audio/vnd.wave" => "wav",
-        "audio/mpeg" | "audio/mp3" => "mp3",
-        "audio/mp4" | "audio/m4a" | "audio/x-m4a" | "audio/aac" | "video/mp4" => "m4a",
-        "audio/ogg" | "audio/opus" | "application/ogg" => "ogg",
-        "audio/flac" | "audio/x-flac" => "flac",
-        "audio/webm" | "video/webm" => "webm",
-        _ => "bin",
-    }
-}
-
 fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such meeting")
 }
@@ -479,13 +461,4 @@ fn multipart_error(text: &str, limit: u64) -> ApiError {
 fn internal(detail: String) -> ApiError {
     tracing::error!(error = %detail, "meeting upload failed");
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the upload could not be stored; try again")
-}
-
-/// Deletes the spool file however the handler ends.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }

@@ -193,16 +193,10 @@ impl Store {
         Ok(true)
     }
 
-    /// Stores the artifacts, marks the meeting ready and deletes the recording.
-    pub async fn finish_meeting(
-        &self,
-        id: &str,
-        blob_id: Option<&str>,
-        a: &MeetingArtifacts,
-        now_ms: u64,
-    ) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        let r = sqlx::query(
+    /// Stores the artifacts and marks the meeting ready (the recording went with the
+    /// transcript), unless another run finished or failed it meanwhile.
+    pub async fn finish_meeting(&self, id: &str, a: &MeetingArtifacts, now_ms: u64) -> Result<()> {
+        sqlx::query(
             "UPDATE meetings SET status = 'ready', error = NULL, language = COALESCE($1, language), \
              audio_duration_ms = COALESCE($2, audio_duration_ms), transcript_json = $3, summary_json = $4, \
              tasks_json = CASE WHEN tasks_edited = 1 THEN tasks_json ELSE $5 END, summary_tokens = summary_tokens + $6, \
@@ -217,17 +211,8 @@ impl Store {
         .bind(to_i64(now_ms))
         .bind(to_i64(now_ms))
         .bind(id)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?;
-        if r_done(&r) {
-            // Finished (or failed) by another run meanwhile: keep its outcome.
-            tx.rollback().await?;
-            return Ok(());
-        }
-        if let Some(b) = blob_id {
-            self.delete_blob_in(&mut tx, b).await?;
-        }
-        tx.commit().await?;
         Ok(())
     }
 
@@ -271,7 +256,8 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        if r_done(&r) {
+        if r.rows_affected() == 0 {
+            // Finished (or failed) by another run meanwhile: keep its outcome.
             tx.rollback().await?;
             return Ok(());
         }
@@ -359,9 +345,4 @@ impl Store {
         let row = sqlx::query("SELECT value FROM settings WHERE name = $1").bind(name).fetch_one(&self.pool).await?;
         Ok(row.try_get("value")?)
     }
-}
-
-/// True when an update guarded by `status = 'processing'` found nothing to change.
-fn r_done(r: &sqlx::any::AnyQueryResult) -> bool {
-    r.rows_affected() == 0
 }

@@ -188,7 +188,7 @@ impl MeetingJobs {
             tasks_json: serde_json::to_string(&summary.tasks).map_err(|e| Step::fatal(e.to_string()))?,
             summary_tokens: usage.map_or(0, |u| u.total_tokens),
         };
-        self.store.finish_meeting(&m.id, None, &artifacts, now_ms()).await.map_err(|e| Step::retry(e.to_string()))?;
+        self.store.finish_meeting(&m.id, &artifacts, now_ms()).await.map_err(|e| Step::retry(e.to_string()))?;
         tracing::info!(meeting = %m.id, tasks = summary.tasks.len(), "meeting ready");
         Ok(())
     }
@@ -198,9 +198,9 @@ impl MeetingJobs {
         std::fs::create_dir_all(&self.tmp_dir).map_err(|e| Step::retry(format!("spool folder: {e}")))?;
         let name = m.audio_name.clone().unwrap_or_else(|| "recording".into());
         let mime = m.audio_mime.clone().unwrap_or_else(|| "application/octet-stream".into());
-        let ext = crate::http::meetings::file_extension(&name, &mime);
+        let ext = crate::media::file_extension(&name, &mime);
         let path = self.tmp_dir.join(format!("job-{}.{ext}", uuid::Uuid::new_v4().simple()));
-        let _cleanup = RemoveOnDrop(path.clone());
+        let _cleanup = crate::media::RemoveOnDrop(path.clone());
         let size = match self.store.blob_to_file(blob, &path).await.map_err(|e| Step::retry(e.to_string()))? {
             Some(n) => n,
             None => return Err(Step::fatal("the uploaded recording is missing; upload it again")),
@@ -250,13 +250,5 @@ impl MeetingJobs {
             after: e.retry_after(),
             message: format!("transcription: {e}"),
         })
-    }
-}
-
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }

@@ -132,6 +132,7 @@ impl Workers {
         notify: Arc<Notify>,
         stats: Arc<Metrics>,
     ) -> Workers {
+        let claimable: Arc<[&'static str]> = registry.kinds.keys().copied().collect();
         let registry = Arc::new(registry);
         let stop_claiming = CancellationToken::new();
         let abort = CancellationToken::new();
@@ -141,6 +142,7 @@ impl Workers {
             let w = Worker {
                 store: store.clone(),
                 registry: Arc::clone(&registry),
+                claimable: Arc::clone(&claimable),
                 config: Arc::clone(&config),
                 notify: Arc::clone(&notify),
                 stop_claiming: stop_claiming.clone(),
@@ -175,6 +177,8 @@ impl Workers {
 struct Worker {
     store: Store,
     registry: Arc<Registry>,
+    /// The registry's kinds: the only jobs this daemon claims.
+    claimable: Arc<[&'static str]>,
     config: Arc<WorkerConfig>,
     notify: Arc<Notify>,
     stop_claiming: CancellationToken,
@@ -200,8 +204,7 @@ impl Worker {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let lease_ms = u64::try_from(self.config.lease.as_millis()).unwrap_or(u64::MAX);
-            let kinds: Vec<&str> = self.registry.kinds.keys().copied().collect();
-            match self.store.claim_job_of(&self.config.worker_id, now_ms(), lease_ms, &kinds).await {
+            match self.store.claim_job_of(&self.config.worker_id, now_ms(), lease_ms, &self.claimable).await {
                 Ok(Some(job)) => {
                     self.run_one(job).await;
                     continue;

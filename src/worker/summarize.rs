@@ -34,6 +34,7 @@ pub fn job(record: &CallRecord, now_ms: u64, max_attempts: u32) -> NewJob {
     }
 }
 
+#[derive(Clone)]
 pub struct Summarize {
     pub store: Store,
     pub tenants: TenantsHandle,
@@ -47,29 +48,17 @@ pub struct Summarize {
 
 impl JobHandler for Summarize {
     fn run(&self, job: ClaimedJob) -> BoxFuture<'static, Result<(), JobError>> {
-        let me = self.clone_handle();
+        let me = self.clone();
         Box::pin(async move { me.summarize(job).await })
     }
 
     fn on_dead(&self, job: ClaimedJob, error: String) -> BoxFuture<'static, ()> {
-        let me = self.clone_handle();
+        let me = self.clone();
         Box::pin(async move { me.dead(job, error).await })
     }
 }
 
 impl Summarize {
-    fn clone_handle(&self) -> Summarize {
-        Summarize {
-            store: self.store.clone(),
-            tenants: self.tenants.clone(),
-            chat: self.chat.clone(),
-            model: self.model.clone(),
-            sender: self.sender.clone(),
-            email_attempts: self.email_attempts,
-            metrics: Arc::clone(&self.metrics),
-        }
-    }
-
     async fn summarize(&self, job: ClaimedJob) -> Result<(), JobError> {
         let call_sid =
             job.payload["callSid"].as_str().ok_or_else(|| JobError::Fatal("payload has no callSid".into()))?.to_owned();
