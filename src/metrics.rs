@@ -190,8 +190,18 @@ impl Metrics {
             "Realtime sessions replaced between two turns before their time limit.",
             &self.rotations,
         );
-        one("switchboard_frames_in_total", "counter", "Caller media frames received from Twilio.", &self.frames_in);
-        one("switchboard_frames_out_total", "counter", "Agent media frames sent to Twilio.", &self.frames_out);
+        one(
+            "switchboard_frames_in_total",
+            "counter",
+            "Caller media frames received from Twilio (live calls add theirs once a second).",
+            &self.frames_in,
+        );
+        one(
+            "switchboard_frames_out_total",
+            "counter",
+            "Agent 20 ms frames sent to Twilio (live calls add theirs once a second).",
+            &self.frames_out,
+        );
         one(
             "switchboard_frames_dropped_total",
             "counter",

@@ -443,7 +443,12 @@ async fn health_public_url_and_metrics() {
     let mut call = h.call(MARIO).await;
     call.wait_for(|s| s.played_ms >= 300, T).await.unwrap();
     assert_eq!(h.metric("switchboard_live_calls").await, 1);
-    assert!(h.metric("switchboard_frames_out_total").await > 0);
+    // A live call's frame counters reach the process metrics once a second.
+    let deadline = tokio::time::Instant::now() + T;
+    while h.metric("switchboard_frames_out_total").await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "frames_out_total never moved during the call");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     call.stop().await;
     h.next_record(T).await.unwrap();
     assert_eq!(h.metric("switchboard_live_calls").await, 0);

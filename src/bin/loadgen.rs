@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use clap::Parser;
-use common::{FRAME_BYTES, Hist, Marker, b64_len, http_request, now_us, proc_cpu_secs, proc_status_kib, str_field};
+use common::{FRAME_BYTES, Hist, Marker, http_request, now_us, proc_cpu_secs, proc_status_kib, str_field};
 use futures_util::stream::{SelectAll, SplitSink};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -377,6 +377,8 @@ struct Call {
     acks: VecDeque<(u64, u64)>,
     resp: Option<RespTrack>,
     first_audio: bool,
+    /// Reused for decoding the daemon's media payloads.
+    scratch: Vec<u8>,
 }
 
 #[derive(Default)]
@@ -551,6 +553,7 @@ async fn shard(ctx: Arc<Ctx>, res: Arc<Results>, mut rx: mpsc::UnboundedReceiver
                         acks: VecDeque::new(),
                         resp: None,
                         first_audio: false,
+                        scratch: Vec::with_capacity(FRAME_BYTES * 8),
                     });
                     live += 1;
                 }
@@ -669,11 +672,16 @@ fn on_text(ctx: &Ctx, res: &Results, call: &mut Call, text: &str, lead_bytes: u6
                 res.c.protocol_oddities.fetch_add(1, Relaxed);
                 return;
             };
-            let bytes = b64_len(payload.as_bytes());
-            res.c.agent_frames_received.fetch_add(1, Relaxed);
-            if in_window(ctx, arrival_us) {
-                res.c.agent_frames_received_window.fetch_add(1, Relaxed);
+            // A media message may carry any number of 20 ms frames (the daemon sends one per
+            // mark chunk); each frame carries its own marker.
+            let mut audio = std::mem::take(&mut call.scratch);
+            audio.clear();
+            if B64.decode_vec(payload.as_bytes(), &mut audio).is_err() {
+                res.c.protocol_oddities.fetch_add(1, Relaxed);
+                call.scratch = audio;
+                return;
             }
+            let len = audio.len();
             if !call.first_audio {
                 call.first_audio = true;
                 res.first_audio_ms
@@ -682,47 +690,56 @@ fn on_text(ctx: &Ctx, res: &Results, call: &mut Call, text: &str, lead_bytes: u6
                     .push(now.duration_since(call.start_sent).as_millis() as u64);
             }
             let start = call.busy_until.max(now);
-            call.busy_until = start + Duration::from_micros(bytes as u64 * 125);
-            // The daemon sends a frame while (bytes sent - bytes acknowledged by echoed marks)
-            // < lead. So this frame could leave once an echo acknowledging more than
-            // `sent_before - lead` had arrived: the earliest such echo we sent is its release.
-            let sent_before = call.gen_bytes;
-            call.gen_bytes += bytes as u64;
-            let mut release = 0;
-            if sent_before >= lead_bytes {
-                let need = sent_before - lead_bytes;
-                while call.acks.front().is_some_and(|&(a, _)| a <= need) {
-                    call.acks.pop_front();
+            call.busy_until = start + Duration::from_micros(len as u64 * 125);
+            let in_win = in_window(ctx, arrival_us);
+            for frame in audio[..len].chunks(FRAME_BYTES) {
+                res.c.agent_frames_received.fetch_add(1, Relaxed);
+                if in_win {
+                    res.c.agent_frames_received_window.fetch_add(1, Relaxed);
                 }
-                match call.acks.front() {
-                    Some(&(_, t)) => release = t,
-                    None => {
-                        res.c.agent_lead_exceeded.fetch_add(1, Relaxed);
+                // The daemon sends a frame while (bytes sent - bytes acknowledged by echoed
+                // marks) < lead. So this frame could leave once an echo acknowledging more
+                // than `sent_before - lead` had arrived: the earliest such echo we sent is its
+                // release.
+                let sent_before = call.gen_bytes;
+                call.gen_bytes += frame.len() as u64;
+                let mut release = 0;
+                if sent_before >= lead_bytes {
+                    let need = sent_before - lead_bytes;
+                    while call.acks.front().is_some_and(|&(a, _)| a <= need) {
+                        call.acks.pop_front();
                     }
-                }
-            }
-            match Marker::from_b64(payload.as_bytes()) {
-                Some(m) => {
-                    let release = release.max(m.ts_us);
-                    if in_window(ctx, arrival_us) {
-                        res.agent_relay.record(arrival_us.saturating_sub(release));
-                    }
-                    if call.resp.as_ref().is_none_or(|r| r.seq != m.a) {
-                        call.finish_resp(res, false);
-                        call.resp = Some(RespTrack { seq: m.a, total: m.c, ..RespTrack::default() });
-                    }
-                    if let Some(r) = call.resp.as_mut() {
-                        if m.b > r.next_idx {
-                            res.c.agent_frames_gap.fetch_add(u64::from(m.b - r.next_idx), Relaxed);
+                    match call.acks.front() {
+                        Some(&(_, t)) => release = t,
+                        None => {
+                            res.c.agent_lead_exceeded.fetch_add(1, Relaxed);
                         }
-                        r.received += 1;
-                        r.next_idx = m.b + 1;
                     }
                 }
-                None => {
-                    res.c.agent_frames_unmarked.fetch_add(1, Relaxed);
+                match Marker::decode(frame) {
+                    Some(m) => {
+                        let release = release.max(m.ts_us);
+                        if in_win {
+                            res.agent_relay.record(arrival_us.saturating_sub(release));
+                        }
+                        if call.resp.as_ref().is_none_or(|r| r.seq != m.a) {
+                            call.finish_resp(res, false);
+                            call.resp = Some(RespTrack { seq: m.a, total: m.c, ..RespTrack::default() });
+                        }
+                        if let Some(r) = call.resp.as_mut() {
+                            if m.b > r.next_idx {
+                                res.c.agent_frames_gap.fetch_add(u64::from(m.b - r.next_idx), Relaxed);
+                            }
+                            r.received += 1;
+                            r.next_idx = m.b + 1;
+                        }
+                    }
+                    None => {
+                        res.c.agent_frames_unmarked.fetch_add(1, Relaxed);
+                    }
                 }
             }
+            call.scratch = audio;
         }
         Some("mark") => {
             res.c.marks_received.fetch_add(1, Relaxed);

@@ -343,110 +343,42 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
         session.on_realtime_failed(now(), &e.to_string());
     }
 
-    // 3. The loop.
+    // 3. The loop. Each turn gathers (handles everything already waiting on any source, and
+    // leaves every source polled to `Pending` with this task's waker), writes the outputs with
+    // one flush per socket, then sleeps until a source wakes the task. A source is polled
+    // once more than it has messages, not on every turn of every other source: at 50 frames
+    // a second per call, polls are the daemon's largest user-space cost after the sockets.
     let mut last_twilio = Instant::now();
     let mut watchdog = tokio::time::interval(Duration::from_secs(1));
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The session's own deadline (the apology's end), on one timer that is re-armed, not
+    // re-created.
+    let mut timer = Box::pin(tokio::time::sleep(Duration::from_secs(86_400)));
+    let mut timer_at: Option<Millis> = None;
+    // A source was added or replaced outside the gather (by an output): poll before sleeping.
+    let mut fresh = true;
     loop {
-        let deadline = session.poll_timeout().map(|ms| tokio::time::Instant::from_std(t0 + Duration::from_millis(ms)));
-        tokio::select! {
-            biased;
-            _ = &mut cancelled, if !shutdown_seen => {
-                shutdown_seen = true;
-                session.on_shutdown(now());
+        let want = session.poll_timeout();
+        if want != timer_at {
+            timer_at = want;
+            if let Some(ms) = want {
+                timer.as_mut().reset(tokio::time::Instant::from_std(t0 + Duration::from_millis(ms)));
             }
-            msg = tw.next() => {
-                last_twilio = Instant::now();
-                on_twilio_msg(&rt, &mut session, now(), msg);
-            }
-            msg = next_rt(&mut up), if up_readable => {
-                if !on_realtime_msg(&mut session, now(), msg) {
-                    up_readable = false;
-                }
-            }
-            res = async { connecting.as_mut().expect("guarded by is_some").await }, if connecting.is_some() => {
-                connecting = None;
-                match res {
-                    Ok(conn) => {
-                        let mut ws = conn.socket;
-                        if session.upstream_open() && !session.is_ended() {
-                            up = Some(ws);
-                            up_readable = true;
-                            session.on_realtime_ready(now());
-                        } else {
-                            within(ws.close(None)).await;
-                        }
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "could not open the realtime session");
-                        session.on_realtime_failed(now(), &e.to_string());
-                    }
-                }
-            }
-            res = async { rotation.as_mut().expect("guarded by is_some").await }, if rotation.is_some() => {
-                rotation = None;
-                match res {
-                    Ok(conn) => {
-                        let mut fresh = conn.socket;
-                        if up.is_some() && up_readable && session.rotation_ready(now()) {
-                            // Swap before the outputs are drained: the seed goes to the fresh one.
-                            if let Some(old) = up.replace(fresh) {
-                                close_upstream(&rt, old);
-                            }
-                            rt.metrics.rotations.fetch_add(1, Relaxed);
-                            info!("realtime session rotated");
-                        } else {
-                            within(fresh.close(None)).await;
-                        }
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "could not open a fresh realtime session; keeping the current one");
-                        session.rotation_failed(now());
-                    }
-                }
-            }
-            Some(done) = tool_rx.recv() => {
-                if let Some(b) = done.booking {
-                    info!(date = %b.date, time = %b.time, party = b.party_size, "booking taken");
-                    rt.metrics.bookings.fetch_add(1, Relaxed);
-                    session.on_booking(b);
-                }
-                session.on_tool_result(now(), &done.call_id, &done.output);
-            }
-            res = async { transferring.as_mut().expect("guarded by is_some").await }, if transferring.is_some() => {
-                transferring = None;
-                match res {
-                    Ok(number) => {
-                        info!(to = %number, "call transferred");
-                        rt.metrics.transfers.fetch_add(1, Relaxed);
-                        session.on_transferred(now(), &number);
-                    }
-                    Err(why) => {
-                        warn!(error = %why, "transfer failed");
-                        session.on_transfer_failed(now(), &why);
-                    }
-                }
-            }
-            _ = sleep_until_opt(deadline), if deadline.is_some() => session.handle_timeout(now()),
-            _ = watchdog.tick() => {
-                // Twilio streams a frame every 20 ms, silence included: a quiet socket is dead
-                // (half-open TCP), and the call must not hold an upstream session for an hour.
-                if last_twilio.elapsed() >= TWILIO_IDLE {
-                    warn!(idle_ms = last_twilio.elapsed().as_millis() as u64, "no message from Twilio; ending the call");
-                    session.on_twilio_closed(now(), EndReason::StreamClosed);
-                }
-                // The idle-caller check runs on this tick too (it needs no finer clock).
-                session.handle_timeout(now());
-            }
+            fresh = true;
         }
+        if !fresh {
+            woken().await;
+        }
+        fresh = false;
 
-        // Handle whatever else is already waiting on either socket before writing, so a
-        // burst costs one flush per socket instead of one per message (bounded for fairness).
-        // Polled with this task's own waker: a no-op waker would be swapped in and out of
-        // each socket's registration on every message.
         std::future::poll_fn(|cx| {
             for _ in 0..BATCH_MAX {
                 let mut progressed = false;
+                if !shutdown_seen && cancelled.as_mut().poll(cx).is_ready() {
+                    shutdown_seen = true;
+                    session.on_shutdown(now());
+                    progressed = true;
+                }
                 if !session.is_ended()
                     && let Poll::Ready(msg) = tw.poll_next_unpin(cx)
                 {
@@ -463,10 +395,103 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                     }
                     progressed = true;
                 }
+                if let Some(fut) = connecting.as_mut()
+                    && let Poll::Ready(res) = fut.as_mut().poll(cx)
+                {
+                    connecting = None;
+                    progressed = true;
+                    match res {
+                        Ok(conn) if session.upstream_open() && !session.is_ended() => {
+                            up = Some(conn.socket);
+                            up_readable = true;
+                            session.on_realtime_ready(now());
+                        }
+                        Ok(conn) => close_upstream(&rt, conn.socket),
+                        Err(e) => {
+                            warn!(error = %e, "could not open the realtime session");
+                            session.on_realtime_failed(now(), &e.to_string());
+                        }
+                    }
+                }
+                if let Some(fut) = rotation.as_mut()
+                    && let Poll::Ready(res) = fut.as_mut().poll(cx)
+                {
+                    rotation = None;
+                    progressed = true;
+                    match res {
+                        Ok(conn) => {
+                            if up.is_some() && up_readable && session.rotation_ready(now()) {
+                                // Swap before the outputs are drained: the seed goes to the fresh one.
+                                if let Some(old) = up.replace(conn.socket) {
+                                    close_upstream(&rt, old);
+                                }
+                                rt.metrics.rotations.fetch_add(1, Relaxed);
+                                info!("realtime session rotated");
+                            } else {
+                                close_upstream(&rt, conn.socket);
+                            }
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "could not open a fresh realtime session; keeping the current one");
+                            session.rotation_failed(now());
+                        }
+                    }
+                }
+                if let Poll::Ready(Some(done)) = tool_rx.poll_recv(cx) {
+                    progressed = true;
+                    if let Some(b) = done.booking {
+                        info!(date = %b.date, time = %b.time, party = b.party_size, "booking taken");
+                        rt.metrics.bookings.fetch_add(1, Relaxed);
+                        session.on_booking(b);
+                    }
+                    session.on_tool_result(now(), &done.call_id, &done.output);
+                }
+                if let Some(fut) = transferring.as_mut()
+                    && let Poll::Ready(res) = fut.as_mut().poll(cx)
+                {
+                    transferring = None;
+                    progressed = true;
+                    match res {
+                        Ok(number) => {
+                            info!(to = %number, "call transferred");
+                            rt.metrics.transfers.fetch_add(1, Relaxed);
+                            session.on_transferred(now(), &number);
+                        }
+                        Err(why) => {
+                            warn!(error = %why, "transfer failed");
+                            session.on_transfer_failed(now(), &why);
+                        }
+                    }
+                }
+                if timer_at.is_some() && timer.as_mut().poll(cx).is_ready() {
+                    // Re-armed by the next turn if the session still has a deadline.
+                    timer_at = None;
+                    progressed = true;
+                    session.handle_timeout(now());
+                }
+                if watchdog.poll_tick(cx).is_ready() {
+                    progressed = true;
+                    // Twilio streams a frame every 20 ms, silence included: a quiet socket is
+                    // dead (half-open TCP), and the call must not hold an upstream session for
+                    // an hour.
+                    if last_twilio.elapsed() >= TWILIO_IDLE {
+                        warn!(
+                            idle_ms = last_twilio.elapsed().as_millis() as u64,
+                            "no message from Twilio; ending the call"
+                        );
+                        session.on_twilio_closed(now(), EndReason::StreamClosed);
+                    }
+                    // The idle-caller check runs on this tick too (it needs no finer clock),
+                    // and the call's counters reach the process metrics once a second.
+                    session.handle_timeout(now());
+                    rt.metrics.sync_call(&mut last_stats, session.stats());
+                }
                 if !progressed {
-                    break;
+                    return Poll::Ready(());
                 }
             }
+            // Sources may still be ready: poll them again after writing, before sleeping.
+            fresh = true;
             Poll::Ready(())
         })
         .await;
@@ -516,6 +541,7 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                     if let Some(n) = &dest {
                         session.on_transfer_started(n);
                     }
+                    fresh = true;
                     transferring = Some(Box::pin(async move {
                         let number = dest.ok_or_else(|| "no transfer number is configured".to_owned())?;
                         let rest = rest.ok_or_else(|| {
@@ -530,6 +556,7 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                     Some(settings) => {
                         let spec = rt.session_spec(&tenant);
                         rotation = Some(Box::pin(async move { realtime::open(&settings, &spec).await }));
+                        fresh = true;
                     }
                     None => session.rotation_failed(now()),
                 },
@@ -543,6 +570,7 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                             warn!("realtime session lost; reconnecting");
                             rt.metrics.reconnects.fetch_add(1, Relaxed);
                             connecting = Some(Box::pin(reconnect(settings, rt.session_spec(&tenant))));
+                            fresh = true;
                         }
                         None => session.on_realtime_failed(now(), "OPENAI_API_KEY is not set"),
                     }
@@ -561,7 +589,6 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
             session.on_realtime_lost(now(), "upstream write failed");
         }
         handle_notices(&rt, &mut session);
-        rt.metrics.sync_call(&mut last_stats, session.stats());
         if hangup || session.is_finished() {
             break;
         }
@@ -748,16 +775,16 @@ async fn within<E>(fut: impl std::future::Future<Output = Result<(), E>>) -> boo
     matches!(tokio::time::timeout(WRITE_TIMEOUT, fut).await, Ok(Ok(())))
 }
 
-async fn next_rt(rx: &mut Option<RealtimeSocket>) -> Option<Result<RtMessage, tokio_tungstenite::tungstenite::Error>> {
-    match rx.as_mut() {
-        Some(rx) => rx.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
+/// Returns `Pending` once, then `Ready`: the task sleeps until one of the wakers registered
+/// by its last polls fires (or, if one fired while it was running, comes straight back).
+fn woken() -> impl std::future::Future<Output = ()> {
+    let mut slept = false;
+    std::future::poll_fn(move |_| {
+        if slept {
+            Poll::Ready(())
+        } else {
+            slept = true;
+            Poll::Pending
+        }
+    })
 }
