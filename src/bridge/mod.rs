@@ -1,16 +1,17 @@
 //! The per-call owner task: one task owns the Twilio socket, the Realtime socket and the
-//! `CallSession`, in one biased `select!` loop (cancel, Twilio, Realtime, timer). No locks on
-//! the hot path; the only shared state is the live-call registry and relaxed counters.
+//! `CallSession`, in one loop that polls only the sources that woke it (see `wakeups`). No
+//! locks on the hot path; the only shared state is the live-call registry and relaxed counters.
 
 pub mod prewarm;
 pub mod sink;
 pub mod tools;
+mod wakeups;
 pub mod webhook;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message as TwMessage, WebSocket};
@@ -343,11 +344,10 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
         session.on_realtime_failed(now(), &e.to_string());
     }
 
-    // 3. The loop. Each turn gathers (handles everything already waiting on any source, and
-    // leaves every source polled to `Pending` with this task's waker), writes the outputs with
-    // one flush per socket, then sleeps until a source wakes the task. A source is polled
-    // once more than it has messages, not on every turn of every other source: at 50 frames
-    // a second per call, polls are the daemon's largest user-space cost after the sockets.
+    // 3. The loop. Each source is polled with its own waker (see `wakeups`): a turn waits
+    // until some source fires, polls only the sources that fired (each until it has nothing
+    // more), then writes the outputs with one flush per socket. At 50 frames a second per
+    // call, polling the quiet sources on every frame cost more than the frames.
     let mut last_twilio = Instant::now();
     let mut watchdog = tokio::time::interval(Duration::from_secs(1));
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -355,8 +355,10 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
     // re-created.
     let mut timer = Box::pin(tokio::time::sleep(Duration::from_secs(86_400)));
     let mut timer_at: Option<Millis> = None;
-    // A source was added or replaced outside the gather (by an output): poll before sleeping.
-    let mut fresh = true;
+    let wakeups = wakeups::Wakeups::new(SOURCES);
+    // Sources to poll without waiting for their waker: new or replaced ones, and those a
+    // turn left with messages unread. Everything is polled once at the start.
+    let mut forced: u32 = (1 << SOURCES) - 1;
     loop {
         let want = session.poll_timeout();
         if want != timer_at {
@@ -364,46 +366,55 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
             if let Some(ms) = want {
                 timer.as_mut().reset(tokio::time::Instant::from_std(t0 + Duration::from_millis(ms)));
             }
-            fresh = true;
+            forced |= bit(S_TIMER);
         }
-        if !fresh {
-            woken().await;
-        }
-        fresh = false;
+        let mut due = std::mem::take(&mut forced);
+        due |= std::future::poll_fn(|cx| {
+            let fired = wakeups.take(cx);
+            if fired != 0 || due != 0 { Poll::Ready(fired) } else { Poll::Pending }
+        })
+        .await;
 
-        std::future::poll_fn(|cx| {
-            for _ in 0..BATCH_MAX {
-                let mut progressed = false;
-                if !shutdown_seen && cancelled.as_mut().poll(cx).is_ready() {
+        for _ in 0..BATCH_MAX {
+            let mut again = 0;
+            if due & bit(S_CANCEL) != 0 && !shutdown_seen {
+                let mut cx = Context::from_waker(wakeups.waker(S_CANCEL));
+                if cancelled.as_mut().poll(&mut cx).is_ready() {
                     shutdown_seen = true;
                     session.on_shutdown(now());
-                    progressed = true;
                 }
-                if !session.is_ended()
-                    && let Poll::Ready(msg) = tw.poll_next_unpin(cx)
-                {
+            }
+            if due & bit(S_TWILIO) != 0 && !session.is_ended() {
+                let mut cx = Context::from_waker(wakeups.waker(S_TWILIO));
+                if let Poll::Ready(msg) = tw.poll_next_unpin(&mut cx) {
                     last_twilio = Instant::now();
                     on_twilio_msg(&rt, &mut session, now(), msg);
-                    progressed = true;
+                    again |= bit(S_TWILIO);
                 }
-                if up_readable
-                    && let Some(ws) = up.as_mut()
-                    && let Poll::Ready(msg) = ws.poll_next_unpin(cx)
-                {
+            }
+            if due & bit(S_UP) != 0
+                && up_readable
+                && let Some(ws) = up.as_mut()
+            {
+                let mut cx = Context::from_waker(wakeups.waker(S_UP));
+                if let Poll::Ready(msg) = ws.poll_next_unpin(&mut cx) {
                     if !on_realtime_msg(&mut session, now(), msg) {
                         up_readable = false;
                     }
-                    progressed = true;
+                    again |= bit(S_UP);
                 }
-                if let Some(fut) = connecting.as_mut()
-                    && let Poll::Ready(res) = fut.as_mut().poll(cx)
-                {
+            }
+            if due & bit(S_CONNECT) != 0
+                && let Some(fut) = connecting.as_mut()
+            {
+                let mut cx = Context::from_waker(wakeups.waker(S_CONNECT));
+                if let Poll::Ready(res) = fut.as_mut().poll(&mut cx) {
                     connecting = None;
-                    progressed = true;
                     match res {
                         Ok(conn) if session.upstream_open() && !session.is_ended() => {
                             up = Some(conn.socket);
                             up_readable = true;
+                            again |= bit(S_UP);
                             session.on_realtime_ready(now());
                         }
                         Ok(conn) => close_upstream(&rt, conn.socket),
@@ -413,11 +424,13 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                         }
                     }
                 }
-                if let Some(fut) = rotation.as_mut()
-                    && let Poll::Ready(res) = fut.as_mut().poll(cx)
-                {
+            }
+            if due & bit(S_ROTATE) != 0
+                && let Some(fut) = rotation.as_mut()
+            {
+                let mut cx = Context::from_waker(wakeups.waker(S_ROTATE));
+                if let Poll::Ready(res) = fut.as_mut().poll(&mut cx) {
                     rotation = None;
-                    progressed = true;
                     match res {
                         Ok(conn) => {
                             if up.is_some() && up_readable && session.rotation_ready(now()) {
@@ -425,6 +438,7 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                                 if let Some(old) = up.replace(conn.socket) {
                                     close_upstream(&rt, old);
                                 }
+                                again |= bit(S_UP);
                                 rt.metrics.rotations.fetch_add(1, Relaxed);
                                 info!("realtime session rotated");
                             } else {
@@ -437,8 +451,12 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                         }
                     }
                 }
-                if let Poll::Ready(Some(done)) = tool_rx.poll_recv(cx) {
-                    progressed = true;
+            }
+            if due & bit(S_TOOL) != 0 {
+                let mut cx = Context::from_waker(wakeups.waker(S_TOOL));
+                // `None` cannot happen: this task holds a sender.
+                if let Poll::Ready(Some(done)) = tool_rx.poll_recv(&mut cx) {
+                    again |= bit(S_TOOL);
                     if let Some(b) = done.booking {
                         info!(date = %b.date, time = %b.time, party = b.party_size, "booking taken");
                         rt.metrics.bookings.fetch_add(1, Relaxed);
@@ -446,11 +464,13 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                     }
                     session.on_tool_result(now(), &done.call_id, &done.output);
                 }
-                if let Some(fut) = transferring.as_mut()
-                    && let Poll::Ready(res) = fut.as_mut().poll(cx)
-                {
+            }
+            if due & bit(S_TRANSFER) != 0
+                && let Some(fut) = transferring.as_mut()
+            {
+                let mut cx = Context::from_waker(wakeups.waker(S_TRANSFER));
+                if let Poll::Ready(res) = fut.as_mut().poll(&mut cx) {
                     transferring = None;
-                    progressed = true;
                     match res {
                         Ok(number) => {
                             info!(to = %number, "call transferred");
@@ -463,14 +483,19 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                         }
                     }
                 }
-                if timer_at.is_some() && timer.as_mut().poll(cx).is_ready() {
+            }
+            if due & bit(S_TIMER) != 0 && timer_at.is_some() {
+                let mut cx = Context::from_waker(wakeups.waker(S_TIMER));
+                if timer.as_mut().poll(&mut cx).is_ready() {
                     // Re-armed by the next turn if the session still has a deadline.
                     timer_at = None;
-                    progressed = true;
                     session.handle_timeout(now());
                 }
-                if watchdog.poll_tick(cx).is_ready() {
-                    progressed = true;
+            }
+            if due & bit(S_WATCHDOG) != 0 {
+                let mut cx = Context::from_waker(wakeups.waker(S_WATCHDOG));
+                if watchdog.poll_tick(&mut cx).is_ready() {
+                    again |= bit(S_WATCHDOG);
                     // Twilio streams a frame every 20 ms, silence included: a quiet socket is
                     // dead (half-open TCP), and the call must not hold an upstream session for
                     // an hour.
@@ -486,15 +511,16 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                     session.handle_timeout(now());
                     rt.metrics.sync_call(&mut last_stats, session.stats());
                 }
-                if !progressed {
-                    return Poll::Ready(());
-                }
             }
-            // Sources may still be ready: poll them again after writing, before sleeping.
-            fresh = true;
-            Poll::Ready(())
-        })
-        .await;
+            // A source that gave a message is polled again (until it has none, which also
+            // registers its waker); so is any that fired meanwhile.
+            due = again | wakeups.take_fired();
+            if due == 0 {
+                break;
+            }
+        }
+        // Messages left after the batch: read them after writing, without waiting.
+        forced |= due;
 
         // Drain outputs: feed everything, then one flush per socket.
         let mut tw_dirty = false;
@@ -541,7 +567,7 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                     if let Some(n) = &dest {
                         session.on_transfer_started(n);
                     }
-                    fresh = true;
+                    forced |= bit(S_TRANSFER);
                     transferring = Some(Box::pin(async move {
                         let number = dest.ok_or_else(|| "no transfer number is configured".to_owned())?;
                         let rest = rest.ok_or_else(|| {
@@ -556,7 +582,7 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                     Some(settings) => {
                         let spec = rt.session_spec(&tenant);
                         rotation = Some(Box::pin(async move { realtime::open(&settings, &spec).await }));
-                        fresh = true;
+                        forced |= bit(S_ROTATE);
                     }
                     None => session.rotation_failed(now()),
                 },
@@ -570,7 +596,7 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                             warn!("realtime session lost; reconnecting");
                             rt.metrics.reconnects.fetch_add(1, Relaxed);
                             connecting = Some(Box::pin(reconnect(settings, rt.session_spec(&tenant))));
-                            fresh = true;
+                            forced |= bit(S_CONNECT);
                         }
                         None => session.on_realtime_failed(now(), "OPENAI_API_KEY is not set"),
                     }
@@ -678,8 +704,24 @@ async fn reconnect(settings: RealtimeSettings, spec: SessionSpec) -> Result<Real
     }
 }
 
-/// Messages handled per loop turn beyond the one that woke it.
+/// Rounds of polls per loop turn (each round reads at most one message per source).
 const BATCH_MAX: usize = 32;
+
+// A call's event sources, by waker index (see `wakeups`).
+const S_CANCEL: usize = 0;
+const S_TWILIO: usize = 1;
+const S_UP: usize = 2;
+const S_CONNECT: usize = 3;
+const S_ROTATE: usize = 4;
+const S_TOOL: usize = 5;
+const S_TRANSFER: usize = 6;
+const S_TIMER: usize = 7;
+const S_WATCHDOG: usize = 8;
+const SOURCES: usize = 9;
+
+const fn bit(source: usize) -> u32 {
+    1 << source
+}
 
 fn on_twilio_msg(
     rt: &CallRuntime,
@@ -773,18 +815,4 @@ const TWILIO_IDLE: Duration = Duration::from_secs(10);
 /// Runs a socket write with [`WRITE_TIMEOUT`]; false if it failed or timed out.
 async fn within<E>(fut: impl std::future::Future<Output = Result<(), E>>) -> bool {
     matches!(tokio::time::timeout(WRITE_TIMEOUT, fut).await, Ok(Ok(())))
-}
-
-/// Returns `Pending` once, then `Ready`: the task sleeps until one of the wakers registered
-/// by its last polls fires (or, if one fired while it was running, comes straight back).
-fn woken() -> impl std::future::Future<Output = ()> {
-    let mut slept = false;
-    std::future::poll_fn(move |_| {
-        if slept {
-            Poll::Ready(())
-        } else {
-            slept = true;
-            Poll::Pending
-        }
-    })
 }
