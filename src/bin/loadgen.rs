@@ -25,6 +25,8 @@
 
 #[path = "loadgen/common.rs"]
 mod common;
+#[path = "loadgen/rxstamp.rs"]
+mod rxstamp;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -42,9 +44,9 @@ use serde_json::{Value, json};
 use switchboard::testkit;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const CALLER_CLIP: &[u8] = include_bytes!("../../fixtures/it_caller_booking.ulaw");
 const FRAME: Duration = Duration::from_millis(20);
@@ -124,7 +126,7 @@ struct Args {
     note: String,
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Ws = WebSocketStream<rxstamp::RxStamped>;
 
 /// Pre-encoded caller audio: base64 of each 160-byte frame.
 struct Audio {
@@ -162,6 +164,8 @@ struct Ctx {
 
 struct NewCall {
     ws: Ws,
+    /// Kernel arrival time of the last data read from `ws`.
+    rx_stamp: Arc<AtomicU64>,
     stream_sid: String,
     start_sent: Instant,
     idx: usize,
@@ -304,16 +308,23 @@ async fn connect_call(ctx: &Ctx, idx: usize) -> Result<NewCall, String> {
     let url = stream.url.replacen(&ws_public, &ws_target, 1);
     let mut req = url.as_str().into_client_request().map_err(|e| format!("stream url {url}: {e}"))?;
     req.headers_mut().insert("x-twilio-signature", sig.parse().map_err(|_| "signature header")?);
-    let (mut ws, _) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async_with_config(req, Some(ws_config()), true),
-    )
-    .await
-    .map_err(|_| "upgrade timed out".to_string())?
-    .map_err(|e| match e {
-        tokio_tungstenite::tungstenite::Error::Http(r) => format!("upgrade status {}", r.status().as_u16()),
-        e => format!("upgrade: {e}"),
-    })?;
+    let host = req.uri().host().ok_or("stream url without host")?.to_owned();
+    let port = req.uri().port_u16().unwrap_or(80);
+    let upgrade = async {
+        let tcp = TcpStream::connect((host.as_str(), port)).await?;
+        tcp.set_nodelay(true)?;
+        let tcp = rxstamp::RxStamped::new(tcp)?;
+        let stamp = tcp.stamp();
+        let (ws, _) = tokio_tungstenite::client_async_with_config(req, tcp, Some(ws_config())).await?;
+        Ok::<_, tokio_tungstenite::tungstenite::Error>((ws, stamp))
+    };
+    let (mut ws, rx_stamp) = tokio::time::timeout(Duration::from_secs(10), upgrade)
+        .await
+        .map_err(|_| "upgrade timed out".to_string())?
+        .map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(r) => format!("upgrade status {}", r.status().as_u16()),
+            e => format!("upgrade: {e}"),
+        })?;
     let stream_sid = format!("MZ{}", uuid::Uuid::new_v4().simple());
     let custom: serde_json::Map<String, Value> =
         stream.parameters.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
@@ -331,7 +342,7 @@ async fn connect_call(ctx: &Ctx, idx: usize) -> Result<NewCall, String> {
         .await
         .map_err(|_| "start timed out".to_string())?
         .map_err(|e| format!("start: {e}"))?;
-    Ok(NewCall { ws, stream_sid, start_sent: Instant::now(), idx })
+    Ok(NewCall { ws, rx_stamp, stream_sid, start_sent: Instant::now(), idx })
 }
 
 // ------------------------------------------------------------------------------------------
@@ -354,6 +365,8 @@ struct PendingBarge {
 
 struct Call {
     sink: SplitSink<Ws, Message>,
+    /// Kernel arrival time of the last data read from this call's socket.
+    rx_stamp: Arc<AtomicU64>,
     sid_json: String,
     seq: u64,
     frames_sent: u64,
@@ -408,6 +421,8 @@ struct Counts {
 struct Results {
     c: Counts,
     agent_relay: Hist,
+    /// The same, to when the generator read it (its own scheduling delay included).
+    agent_relay_read: Hist,
     send_lateness: Hist,
     barge_ms: Mutex<Vec<u64>>,
     first_audio_ms: Mutex<Vec<u64>>,
@@ -535,6 +550,7 @@ async fn shard(ctx: Arc<Ctx>, res: Arc<Results>, mut rx: mpsc::UnboundedReceiver
                     let frame0 = nc.start_sent + phase;
                     calls.push(Call {
                         sink,
+                        rx_stamp: nc.rx_stamp,
                         sid_json: format!("\"{}\"", nc.stream_sid),
                         seq: 1,
                         frames_sent: 0,
@@ -665,7 +681,13 @@ fn tick_call(ctx: &Ctx, res: &Results, call: &mut Call, now: Instant, barge_ever
 
 fn on_text(ctx: &Ctx, res: &Results, call: &mut Call, text: &str, lead_bytes: u64, out: &mut Vec<Message>) {
     let now = Instant::now();
-    let arrival_us = now_us();
+    let read_us = now_us();
+    // Arrival proper: when the kernel queued the data on our socket. `read_us`, when this
+    // process got to read it, adds the generator's own scheduling delay.
+    let arrival_us = match call.rx_stamp.load(Relaxed) {
+        0 => read_us,
+        t => t.min(read_us),
+    };
     match str_field(text, "event") {
         Some("media") => {
             let Some(payload) = str_field(text, "payload") else {
@@ -721,6 +743,7 @@ fn on_text(ctx: &Ctx, res: &Results, call: &mut Call, text: &str, lead_bytes: u6
                         let release = release.max(m.ts_us);
                         if in_win {
                             res.agent_relay.record(arrival_us.saturating_sub(release));
+                            res.agent_relay_read.record(read_us.saturating_sub(release));
                         }
                         if call.resp.as_ref().is_none_or(|r| r.seq != m.a) {
                             call.finish_resp(res, false);
@@ -899,6 +922,7 @@ async fn drive(args: &Args, target: &str, fake: Option<&str>, procs: &Procs) -> 
     let res = Arc::new(Results {
         c: Counts::default(),
         agent_relay: Hist::new(),
+        agent_relay_read: Hist::new(),
         send_lateness: Hist::new(),
         barge_ms: Mutex::new(Vec::new()),
         first_audio_ms: Mutex::new(Vec::new()),
@@ -1074,9 +1098,15 @@ async fn drive(args: &Args, target: &str, fake: Option<&str>, procs: &Procs) -> 
             "marks_received": g(&c.marks_received),
             "marks_echoed": g(&c.marks_echoed),
         },
+        // Send → kernel arrival at the other peer's socket: the daemon's added delay.
         "relay_ms": {
             "caller_to_realtime": fake_stats.get("caller_relay_ms").cloned().unwrap_or(Value::Null),
             "realtime_to_caller": res.agent_relay.summary_ms(),
+        },
+        // Send → the other peer reading it: adds that peer's own scheduling delay.
+        "relay_read_ms": {
+            "caller_to_realtime": fake_stats.get("caller_relay_read_ms").cloned().unwrap_or(Value::Null),
+            "realtime_to_caller": res.agent_relay_read.summary_ms(),
         },
         "barge_in_ms": {
             "attempts": g(&c.barge_attempts),
@@ -1152,6 +1182,7 @@ fn human(s: &Value) -> String {
     let leg = |v: &Value| {
         format!("p50 {} / p99 {} / p99.9 {} / max {} ms (n={})", v["p50"], v["p99"], v["p999"], v["max"], v["count"])
     };
+    let short = |v: &Value| format!("p50 {} / p99 {} ms", v["p50"], v["p99"]);
     let d = &s["daemon"];
     let gen_ = &s["generator"];
     let mut out = format!(
@@ -1161,6 +1192,7 @@ fn human(s: &Value) -> String {
          agent frames: {} generated at the fake, {} received, {} lost ({} discarded by barge-in/call end, by design)\n\
          relay caller→realtime: {}\n\
          relay realtime→caller: {}\n\
+         (send → kernel arrival at the other peer; to the peer's read: caller→realtime {}, realtime→caller {})\n\
          barge-in (onset→clear, audio time): p50 {} / p99 {} / max {} ms ({} in window; {} attempts, {} missed)\n\
          first greeting audio after start: p50 {} / p99 {} ms\n\
          daemon: CPU {} cores, RSS peak {} KiB (idle {}), {} KiB/call\n\
@@ -1187,6 +1219,8 @@ fn human(s: &Value) -> String {
         f["agent_discarded_by_barge_in_or_call_end"],
         leg(&r["caller_to_realtime"]),
         leg(&r["realtime_to_caller"]),
+        short(&s["relay_read_ms"]["caller_to_realtime"]),
+        short(&s["relay_read_ms"]["realtime_to_caller"]),
         s["barge_in_ms"]["p50"],
         s["barge_in_ms"]["p99"],
         s["barge_in_ms"]["max"],
