@@ -20,17 +20,29 @@
 //! `GET /stats` returns counters and the histogram as JSON. Unlike
 //! `switchboard::testkit::FakeRealtime`, nothing is logged per event: it is meant for 2,000
 //! connections.
+//!
+//! Cost: its CPU competes with the daemon's on the same cores, so the per-message path is kept
+//! short. One `current_thread` runtime by default (`--threads 1`). The accept loop reads each
+//! request head itself: a WebSocket upgrade to `/v1/realtime` that axum would accept is
+//! answered here and run by tungstenite straight on the `TcpStream` ([`OneTaskWs`]: no hyper
+//! upgrade layers, no proxy wakers); everything else (`/stats`, `/window`, refusals) is handed
+//! to axum, which answers as it always did. Each connection is one task owning its socket (no
+//! `split()`), with one re-armed timer; an append is recognised by its exact prefix, decoded
+//! into a reused buffer, and its RMS summed from a table of squares.
 
 #[path = "loadgen/common.rs"]
 mod common;
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -39,12 +51,22 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use clap::Parser;
 use common::{FRAME_BYTES, Hist, Marker, now_us, str_field};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::{Value, json};
 use switchboard::testkit::ulaw_decode;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as TMessage, WebSocket};
+use tokio_util::sync::CancellationToken;
 
 const AGENT_LONG: &[u8] = include_bytes!("../../fixtures/it_agent_long.ulaw");
+/// How the daemon starts every append (`core::realtime::client::append_audio`); then come the
+/// base64 and `"}`.
+const APPEND_PREFIX: &str = r#"{"type":"input_audio_buffer.append","audio":""#;
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "fake-realtime", about = "Lean fake OpenAI Realtime server (GA) for load runs")]
@@ -79,7 +101,7 @@ struct Args {
     /// Quiet after speech before `speech_stopped` + commit + reply.
     #[arg(long, default_value_t = 500)]
     silence_ms: u64,
-    /// Tokio worker threads.
+    /// Tokio worker threads (1: a single-threaded runtime).
     #[arg(long, default_value_t = 1)]
     threads: usize,
 }
@@ -108,7 +130,8 @@ struct Shared {
     args: Args,
     greeting: Vec<u8>,
     reply: Vec<u8>,
-    ulaw: [i32; 256],
+    /// The square of each μ-law code's linear value (at most 32_124², so a `u32`), for the RMS.
+    ulaw_sq: [u32; 256],
     c: Counters,
     caller_delay: Hist,
     window: (AtomicU64, AtomicU64),
@@ -125,7 +148,16 @@ fn main() -> anyhow::Result<()> {
         args.delta_bytes >= FRAME_BYTES && args.delta_bytes % FRAME_BYTES == 0,
         "--delta-bytes: a multiple of 160"
     );
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build()?;
+    // One thread (the default): a `current_thread` runtime, so waking a connection's task is
+    // a local queue push, with no cross-thread handoff. More threads: the usual pool.
+    let mut builder = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(args.threads);
+        b
+    };
+    let rt = builder.enable_all().build()?;
     rt.block_on(serve(args))
 }
 
@@ -133,15 +165,15 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let greet_bytes = (args.greeting_ms * 8).min(AGENT_LONG.len() / 2);
     let greeting = whole(AGENT_LONG, args.greeting_ms, args.delta_bytes);
     let reply = whole(&AGENT_LONG[greet_bytes..], args.reply_ms, args.delta_bytes);
-    let mut ulaw = [0i32; 256];
-    for (i, v) in ulaw.iter_mut().enumerate() {
-        *v = i32::from(ulaw_decode(i as u8));
+    let mut ulaw_sq = [0u32; 256];
+    for (i, v) in ulaw_sq.iter_mut().enumerate() {
+        *v = i32::from(ulaw_decode(i as u8)).unsigned_abs().pow(2);
     }
     let shared = Arc::new(Shared {
         args: args.clone(),
         greeting,
         reply,
-        ulaw,
+        ulaw_sq,
         c: Counters::default(),
         caller_delay: Hist::new(),
         window: (AtomicU64::new(0), AtomicU64::new(u64::MAX)),
@@ -150,25 +182,368 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .route("/v1/realtime", get(upgrade))
         .route("/stats", get(stats))
         .route("/window", post(window))
-        .with_state(shared);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
+        .with_state(shared.clone());
+    let listener = TcpListener::bind(("127.0.0.1", args.port)).await?;
     let addr: SocketAddr = listener.local_addr()?;
     println!("LISTENING {addr}");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    let stop = CancellationToken::new();
+    let shutdown = {
+        let stop = stop.clone();
+        async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+            stop.cancel();
         }
     };
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    // What the fast path does not take reaches axum through this channel. On a signal both
+    // stop accepting; axum finishes its requests, then the process ends (as it always did).
+    let (to_axum, from_accept) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(accept_loop(listener, shared, to_axum, stop));
+    axum::serve(Handoff { rx: from_accept, addr }, app).with_graceful_shutdown(shutdown).await?;
     Ok(())
 }
+
+// ------------------------------------------------------------------------------------------
+// Accepting: the realtime upgrade here, everything else to axum
+
+type ToAxum = UnboundedSender<(Prefixed, SocketAddr)>;
+
+/// Accepts every connection (with `TCP_NODELAY`, as before) and routes it on its own task.
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, to_axum: ToAxum, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let _ = tcp.set_nodelay(true);
+                tokio::spawn(route(tcp, peer, shared.clone(), to_axum.clone()));
+            }
+            // As axum's own listener: a connection that failed before it was taken is no error
+            // of ours; anything else (EMFILE…) is reported and retried a second later.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionRefused
+                        | io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::ConnectionReset
+                ) => {}
+            Err(e) => {
+                eprintln!("fake-realtime: accept error: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Largest request head read here before the connection is left to axum.
+const MAX_HEAD: usize = 8 * 1024;
+
+/// Reads the request head. A WebSocket upgrade to `/v1/realtime` that axum would accept and
+/// [`upgrade`] authorize ([`fast_upgrade_key`]) is answered here and served on the bare
+/// `TcpStream`; anything else goes to axum with the bytes already read.
+async fn route(mut tcp: TcpStream, peer: SocketAddr, s: Arc<Shared>, to_axum: ToAxum) {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    // The head ends at the first empty line; lines end in LF, most often CRLF.
+    let head_len = loop {
+        if let Some(i) = head.windows(2).position(|w| w == b"\n\n") {
+            break Some(i + 2);
+        }
+        if let Some(i) = head.windows(3).position(|w| w == b"\n\r\n") {
+            break Some(i + 3);
+        }
+        if head.len() >= MAX_HEAD {
+            break None;
+        }
+        match tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => break None,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let Some((n, key)) = head_len.and_then(|n| Some((n, fast_upgrade_key(&head[..n], s.args.api_key.as_deref())?)))
+    else {
+        // axum answers as it always did (401, 400, 404, /stats, /window…), from the bytes
+        // read so far. It is gone only at shutdown, and then the connection just closes.
+        let _ = to_axum.send((Prefixed { head, pos: 0, tcp }, peer));
+        return;
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: {accept}\r\n\r\n"
+    );
+    if tcp.write_all(response.as_bytes()).await.is_err() {
+        return;
+    }
+    // A client may not send frames before it has the 101, but keep any it did.
+    let early = head.split_off(n);
+    let io = TaskIo { tcp, waker: Waker::noop().clone() };
+    let ws = WebSocket::from_partially_read(io, early, Role::Server, Some(ws_config()));
+    serve_conn(s, OneTaskWs { ws, ready: true, ended: false }).await;
+}
+
+/// `Some(Sec-WebSocket-Key)` if `head` is a request that axum's `WebSocketUpgrade` would
+/// accept and [`upgrade`] authorize: `GET /v1/realtime[?query] HTTP/1.1`, `Connection`
+/// containing `upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13`, a key, and
+/// `Authorization: Bearer <--api-key>` if a key is set (each header the first of its name, as
+/// `HeaderMap::get` reads it). Deliberately strict: anything unusual (another target form,
+/// unusual characters, a body, bare-LF lines, trailing blanks, HTTP/1.0 or 2) is `None` and
+/// left to axum, so its answer is the old one by construction.
+fn fast_upgrade_key(head: &[u8], api_key: Option<&str>) -> Option<String> {
+    let head = std::str::from_utf8(head).ok()?.strip_suffix("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let target = lines.next()?.strip_prefix("GET ")?.strip_suffix(" HTTP/1.1")?;
+    let query = target.strip_prefix("/v1/realtime")?;
+    let query_char = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b);
+    if !(query.is_empty() || query.starts_with('?')) || !query.bytes().all(query_char) {
+        return None;
+    }
+    let token_char = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    let value_char = |b: u8| b == b'\t' || (b' '..=b'~').contains(&b);
+    let (mut connection, mut upgrade, mut version, mut key, mut auth) = (None, None, None, None, None);
+    for (i, line) in lines.enumerate() {
+        let (name, value) = line.split_once(':')?;
+        let value = value.trim_start_matches([' ', '\t']);
+        if i >= 100
+            || name.is_empty()
+            || !name.bytes().all(token_char)
+            || !value.bytes().all(value_char)
+            || value.ends_with([' ', '\t'])
+        {
+            return None;
+        }
+        let slot = match name.to_ascii_lowercase().as_str() {
+            "connection" => &mut connection,
+            "upgrade" => &mut upgrade,
+            "sec-websocket-version" => &mut version,
+            "sec-websocket-key" => &mut key,
+            "authorization" => &mut auth,
+            "content-length" | "transfer-encoding" => return None,
+            _ => continue,
+        };
+        slot.get_or_insert(value);
+    }
+    let accepted = connection?.to_ascii_lowercase().contains("upgrade")
+        && upgrade?.eq_ignore_ascii_case("websocket")
+        && version? == "13"
+        && api_key.is_none_or(|k| auth == Some(format!("Bearer {k}").as_str()));
+    if accepted { key.map(str::to_owned) } else { None }
+}
+
+/// The WebSocket settings, on both paths (as the old axum upgrade). Small buffers: tungstenite
+/// zero-fills `read_buffer_size` (128 KiB by default) per read.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default().max_message_size(Some(16 << 20)).read_buffer_size(8 * 1024).write_buffer_size(8 * 1024)
+}
+
+/// A connection for axum, replaying the request bytes [`route`] already read.
+struct Prefixed {
+    head: Vec<u8>,
+    pos: usize,
+    tcp: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.pos < this.head.len() {
+            let n = (this.head.len() - this.pos).min(buf.remaining());
+            buf.put_slice(&this.head[this.pos..this.pos + n]);
+            this.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// axum's listener: the connections [`route`] hands over.
+struct Handoff {
+    rx: UnboundedReceiver<(Prefixed, SocketAddr)>,
+    addr: SocketAddr,
+}
+
+impl axum::serve::Listener for Handoff {
+    type Io = Prefixed;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Prefixed, SocketAddr) {
+        match self.rx.recv().await {
+            Some(conn) => conn,
+            // The accept loop has stopped (shutdown): nothing more will come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The fast path's WebSocket: tungstenite on the TcpStream, for one task
+
+/// The socket under tungstenite on the fast path, used by the one task that owns it: reads and
+/// writes are tokio's `poll_read`/`poll_write` with that task's waker, `Pending` becoming
+/// `WouldBlock`. What tokio-tungstenite's `AllowStd` does for any number of tasks, without its
+/// two proxy wakers and their atomic register/take/wake on every message.
+struct TaskIo {
+    tcp: TcpStream,
+    /// The waker of the task polling the socket (cloned only when it changes: once).
+    waker: Waker,
+}
+
+impl TaskIo {
+    fn poll<T>(
+        &mut self,
+        f: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> io::Result<T> {
+        let mut cx = Context::from_waker(&self.waker);
+        match f(Pin::new(&mut self.tcp), &mut cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl io::Read for TaskIo {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.poll(|tcp, cx| {
+            let mut rb = ReadBuf::new(buf);
+            tcp.poll_read(cx, &mut rb).map_ok(|()| rb.filled().len())
+        })
+    }
+}
+
+impl io::Write for TaskIo {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.poll(|tcp, cx| tcp.poll_write(cx, buf))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.poll(|tcp, cx| tcp.poll_flush(cx))
+    }
+}
+
+/// tungstenite as a `Stream` + `Sink` for the one task that owns it, with tokio-tungstenite's
+/// `WebSocketStream` contract: `WouldBlock` is `Pending`; a message accepted while the socket
+/// is full stays queued and `poll_ready` flushes it first; the end of the stream is `None`.
+struct OneTaskWs {
+    ws: WebSocket<TaskIo>,
+    /// False after a `start_send` that could not write everything out.
+    ready: bool,
+    /// The stream has returned its end or an error.
+    ended: bool,
+}
+
+impl OneTaskWs {
+    /// Runs `f` with the waker of the task now polling registered for the socket.
+    fn polled_by<T>(&mut self, cx: &Context<'_>, f: impl FnOnce(&mut WebSocket<TaskIo>) -> T) -> T {
+        let io = self.ws.get_mut();
+        if !io.waker.will_wake(cx.waker()) {
+            io.waker = cx.waker().clone();
+        }
+        f(&mut self.ws)
+    }
+}
+
+/// `WouldBlock` (the socket is not ready and will wake the task) is `Pending`.
+fn pending_on_block<T>(r: Result<T, WsError>) -> Poll<Result<T, WsError>> {
+    match r {
+        Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
+        r => Poll::Ready(r),
+    }
+}
+
+impl Stream for OneTaskWs {
+    type Item = Result<TMessage, WsError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match std::task::ready!(pending_on_block(self.polled_by(cx, |ws| ws.read()))) {
+            Ok(m) => Poll::Ready(Some(Ok(m))),
+            Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
+            Err(e) => {
+                self.ended = true;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+}
+
+impl Sink<TMessage> for OneTaskWs {
+    type Error = WsError;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        if self.ready {
+            return Poll::Ready(Ok(()));
+        }
+        let r = std::task::ready!(pending_on_block(self.polled_by(cx, |ws| ws.flush())));
+        self.ready = true;
+        Poll::Ready(r)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: TMessage) -> Result<(), WsError> {
+        match self.ws.write(item) {
+            // Queued, not all written: `poll_ready` flushes it before the next message.
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.ready = false;
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        let r = std::task::ready!(pending_on_block(self.polled_by(cx, |ws| ws.flush())));
+        self.ready = true;
+        // The close handshake has just completed: the flush is done, not failed.
+        Poll::Ready(if matches!(r, Err(WsError::ConnectionClosed)) { Ok(()) } else { r })
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        // `close` queues the close frame once (later calls only flush) and flushes.
+        self.ready = true;
+        match std::task::ready!(pending_on_block(self.polled_by(cx, |ws| ws.close(None)))) {
+            Err(WsError::ConnectionClosed) => Poll::Ready(Ok(())),
+            r => Poll::Ready(r),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// HTTP endpoints (axum)
 
 #[derive(serde::Deserialize)]
 struct WindowQ {
@@ -207,6 +582,9 @@ async fn stats(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     }))
 }
 
+/// `/v1/realtime` through axum: what [`fast_upgrade_key`] leaves here, normally a refusal
+/// (bad key, not a WebSocket handshake), answered as it always was; an upgrade that only axum
+/// accepts (HTTP/2, an absolute-form target…) is served by the same [`Conn`].
 async fn upgrade(State(s): State<Arc<Shared>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
     if let Some(key) = &s.args.api_key {
         let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -214,15 +592,58 @@ async fn upgrade(State(s): State<Arc<Shared>>, headers: HeaderMap, ws: WebSocket
             return (StatusCode::UNAUTHORIZED, "bad key").into_response();
         }
     }
-    // Small buffers: tungstenite zero-fills `read_buffer_size` (128 KiB by default) per read.
-    ws.max_message_size(16 << 20).read_buffer_size(8 * 1024).write_buffer_size(8 * 1024).on_upgrade(
-        move |socket| async move {
-            s.c.connections.fetch_add(1, Relaxed);
-            s.c.live.fetch_add(1, Relaxed);
-            Conn::new(s.clone()).run(socket).await;
-            s.c.live.fetch_sub(1, Relaxed);
-        },
-    )
+    let c = ws_config();
+    ws.max_message_size(c.max_message_size.unwrap_or(usize::MAX))
+        .read_buffer_size(c.read_buffer_size)
+        .write_buffer_size(c.write_buffer_size)
+        .on_upgrade(move |socket| serve_conn(s, socket))
+}
+
+// ------------------------------------------------------------------------------------------
+// One realtime connection
+
+async fn serve_conn<S, M, E>(s: Arc<Shared>, ws: S)
+where
+    S: Stream<Item = Result<M, E>> + Sink<M> + Unpin,
+    M: WsMessage,
+{
+    s.c.connections.fetch_add(1, Relaxed);
+    s.c.live.fetch_add(1, Relaxed);
+    Conn::new(s.clone()).run(ws).await;
+    s.c.live.fetch_sub(1, Relaxed);
+}
+
+/// What [`Conn::run`] needs of a WebSocket message: tungstenite's on the fast path, axum's
+/// for an upgrade that went through the router.
+trait WsMessage {
+    fn text(s: String) -> Self;
+    /// The text of a text message.
+    fn as_text(&self) -> Option<&str>;
+    fn is_close(&self) -> bool;
+}
+
+impl WsMessage for TMessage {
+    fn text(s: String) -> Self {
+        TMessage::Text(s.into())
+    }
+    fn as_text(&self) -> Option<&str> {
+        if let TMessage::Text(t) = self { Some(t.as_str()) } else { None }
+    }
+    fn is_close(&self) -> bool {
+        matches!(self, TMessage::Close(_))
+    }
+}
+
+impl WsMessage for Message {
+    fn text(s: String) -> Self {
+        Message::Text(s.into())
+    }
+    fn as_text(&self) -> Option<&str> {
+        if let Message::Text(t) = self { Some(t.as_str()) } else { None }
+    }
+    fn is_close(&self) -> bool {
+        matches!(self, Message::Close(_))
+    }
 }
 
 struct Active {
@@ -293,33 +714,60 @@ impl Conn {
         new_id(prefix, self.items)
     }
 
-    async fn run(mut self, ws: WebSocket) {
-        let (mut tx, mut rx) = ws.split();
+    /// The connection's only task: it owns the socket (no `split()` and its lock), sends what
+    /// the last event queued, then waits for the next client message or the next delta's due time.
+    async fn run<S, M, E>(mut self, mut ws: S)
+    where
+        S: Stream<Item = Result<M, E>> + Sink<M> + Unpin,
+        M: WsMessage,
+    {
         let sid = self.next_id("sess");
         self.emit(json!({"type": "session.created", "session": {"type": "realtime", "object": "realtime.session", "id": sid}}));
-        let far = Instant::now() + Duration::from_secs(86_400);
+        // One timer per connection, re-armed only when the next delta's due time changes (not
+        // a fresh `sleep_until` per loop turn). Polled only while a response is active.
+        let timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(timer);
         loop {
-            for m in self.out.drain(..) {
-                if tx.feed(Message::Text(m.into())).await.is_err() {
+            if !self.out.is_empty() {
+                for m in self.out.drain(..) {
+                    if ws.feed(M::text(m)).await.is_err() {
+                        return;
+                    }
+                }
+                if ws.flush().await.is_err() {
                     return;
                 }
             }
-            if tx.flush().await.is_err() {
-                return;
+            if let Some(a) = &self.active
+                && timer.deadline() != a.next_at
+            {
+                timer.as_mut().reset(a.next_at);
             }
-            let deadline = self.active.as_ref().map_or(far, |a| a.next_at);
             tokio::select! {
-                msg = rx.next() => match msg {
-                    Some(Ok(Message::Text(t))) => self.on_text(t.as_str()),
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                    Some(Ok(_)) => {}
+                biased;
+                () = &mut timer, if self.active.is_some() => self.tick(),
+                msg = ws.next() => match msg {
+                    Some(Ok(m)) => match m.as_text() {
+                        Some(t) => self.on_text(t),
+                        None if m.is_close() => return,
+                        None => {}
+                    },
+                    None | Some(Err(_)) => return,
                 },
-                _ = tokio::time::sleep_until(deadline) => self.tick(),
             }
         }
     }
 
     fn on_text(&mut self, text: &str) {
+        // The hot path: the daemon writes every append as exactly this prefix, the base64 and
+        // `"}` (`core::realtime::client::append_audio`). Same result as the general path below,
+        // without building search patterns.
+        if let Some(rest) = text.strip_prefix(APPEND_PREFIX) {
+            if let Some(end) = rest.find('"') {
+                self.on_append(&rest[..end]);
+            }
+            return;
+        }
         let kind = str_field(text, "type").unwrap_or("");
         if kind == "input_audio_buffer.append" {
             if let Some(audio) = str_field(text, "audio") {
@@ -379,39 +827,54 @@ impl Conn {
     }
 
     fn on_append(&mut self, audio: &str) {
-        let shared = self.s.clone();
-        let c = &shared.c;
-        c.appends.fetch_add(1, Relaxed);
-        self.buf.clear();
-        if B64.decode_vec(audio, &mut self.buf).is_err() {
+        self.s.c.appends.fetch_add(1, Relaxed);
+        // Decode into the connection's scratch buffer, kept at its largest size so far: no
+        // allocation and no zero-filling per append (`decode_vec` would zero-fill). Sized to the
+        // decoder's own estimate, so `decode_slice` fails exactly when `decode_vec` would.
+        let mut buf = std::mem::take(&mut self.buf);
+        let need = base64::decoded_len_estimate(audio.len());
+        if buf.len() < need {
+            buf.resize(need, 0);
+        }
+        let Ok(n) = B64.decode_slice(audio, &mut buf) else {
+            self.buf = buf;
             self.error("invalid_value", "audio is not base64");
             return;
+        };
+        self.s.c.appended_bytes.fetch_add(n as u64, Relaxed);
+        let window = (self.s.window.0.load(Relaxed), self.s.window.1.load(Relaxed));
+        let mut now = None;
+        for f in buf[..n].chunks_exact(FRAME_BYTES) {
+            let speech = self.caller_frame(f, window, &mut now);
+            self.vad(speech);
         }
-        c.appended_bytes.fetch_add(self.buf.len() as u64, Relaxed);
-        let now = now_us();
-        let (from, to) = (shared.window.0.load(Relaxed), shared.window.1.load(Relaxed));
-        let frames = self.buf.len() / FRAME_BYTES;
-        for i in 0..frames {
-            let f = &self.buf[i * FRAME_BYTES..(i + 1) * FRAME_BYTES];
-            if let Some(m) = Marker::decode(f) {
-                c.caller_frames_marked.fetch_add(1, Relaxed);
-                if let Some(last) = self.last_seq
-                    && m.a > last + 1
-                {
-                    c.caller_seq_gaps.fetch_add(u64::from(m.a - last - 1), Relaxed);
-                }
-                if self.last_seq.is_none() {
-                    c.caller_first_seq_sum.fetch_add(u64::from(m.a), Relaxed);
-                }
-                self.last_seq = Some(m.a);
-                if m.ts_us >= from && m.ts_us < to {
-                    shared.caller_delay.record(now.saturating_sub(m.ts_us));
-                }
+        self.buf = buf;
+    }
+
+    /// One appended 20 ms frame: its marker (sequence, relay delay if sent in `window`) and
+    /// whether its RMS reaches the VAD threshold. `now` is read once per append, when needed.
+    fn caller_frame(&mut self, f: &[u8], window: (u64, u64), now: &mut Option<u64>) -> bool {
+        let s = &*self.s;
+        if let Some(m) = Marker::decode(f) {
+            s.c.caller_frames_marked.fetch_add(1, Relaxed);
+            if let Some(last) = self.last_seq
+                && m.a > last + 1
+            {
+                s.c.caller_seq_gaps.fetch_add(u64::from(m.a - last - 1), Relaxed);
             }
-            let sum: i64 = f.iter().map(|&b| i64::from(shared.ulaw[b as usize]).pow(2)).sum();
-            let rms = ((sum / FRAME_BYTES as i64) as f64).sqrt();
-            self.vad(rms >= shared.args.vad_threshold);
+            if self.last_seq.is_none() {
+                s.c.caller_first_seq_sum.fetch_add(u64::from(m.a), Relaxed);
+            }
+            self.last_seq = Some(m.a);
+            if m.ts_us >= window.0 && m.ts_us < window.1 {
+                let now = *now.get_or_insert_with(now_us);
+                s.caller_delay.record(now.saturating_sub(m.ts_us));
+            }
         }
+        // 160 squares of at most 32_124² each: the sum fits a u64 with room to spare.
+        let sum: u64 = f.iter().map(|&b| u64::from(s.ulaw_sq[usize::from(b)])).sum();
+        let rms = ((sum / FRAME_BYTES as u64) as f64).sqrt();
+        rms >= s.args.vad_threshold
     }
 
     fn vad(&mut self, speech: bool) {
