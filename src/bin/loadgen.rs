@@ -280,7 +280,7 @@ fn authority(url: &str) -> String {
 /// read; messages here are < 2 KiB, so a small buffer saves most of the generator's CPU.
 fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
+        .read_buffer_size(4 * 1024)
         .write_buffer_size(8 * 1024)
 }
 
