@@ -5,7 +5,9 @@
 
 Reads every bench-results/calls-*.json written by `loadgen --json`, prints a Markdown table
 (paste it into BENCHMARKS.md) and writes benchmarks.svg: four panels against concurrent calls —
-daemon CPU (cores), relay delay p99 each way (ms), barge-in p99 (ms), RSS per call (KiB).
+daemon CPU (cores), relay delay p99 each way (ms; to the kernel arrival, and one to the peer's
+read), barge-in p99 (ms), RSS per call (KiB). Runs made before `relay_read_ms` existed (their
+relay delay is to the peer's read) show "–" in that column.
 """
 
 import glob
@@ -45,10 +47,11 @@ def table(runs):
     head = (
         "| calls | steady s | completed / failed | lost frames caller / agent "
         "| caller→RT p50 / p99 / p99.9 / max ms | RT→caller p50 / p99 / p99.9 / max ms "
+        "| to the peer's read p99 c→RT / RT→c ms "
         "| barge-in p50 / p99 ms | first audio p50 / p99 ms | daemon CPU (cores) "
         "| RSS peak MiB | RSS / call KiB | generator CPU (cores) | fake CPU (cores) |"
     )
-    sep = "|" + "---|" * 13
+    sep = "|" + "---|" * 14
     rows = [head, sep]
     for r in runs:
         up = g(r, "relay_ms", "caller_to_realtime", default={})
@@ -61,7 +64,7 @@ def table(runs):
         if g(r, "generator", "bottleneck"):
             gen_ += " (lagging)"
         rows.append(
-            "| {} | {} | {} / {} | {} / {} | {} | {} | {} / {} | {} / {} | {} | {} | {} | {} | {} |".format(
+            "| {} | {} | {} / {} | {} / {} | {} | {} | {} / {} | {} / {} | {} / {} | {} | {} | {} | {} | {} |".format(
                 r["calls"],
                 fmt(r.get("steady_s"), 0),
                 r.get("calls_completed"),
@@ -70,6 +73,8 @@ def table(runs):
                 fmt(g(r, "frames", "agent_lost")),
                 leg(up),
                 leg(down),
+                cap(g(r, "relay_read_ms", "caller_to_realtime", "p99")),
+                cap(g(r, "relay_read_ms", "realtime_to_caller", "p99")),
                 fmt(g(r, "barge_in_ms", "p50")),
                 fmt(g(r, "barge_in_ms", "p99")),
                 fmt(g(r, "first_audio_ms", "p50")),
@@ -131,7 +136,9 @@ def svg(runs):
                    [("caller→realtime p99", "#2980b9", col("relay_ms", "caller_to_realtime", "p99")),
                     ("realtime→caller p99", "#27ae60", col("relay_ms", "realtime_to_caller", "p99")),
                     ("caller→realtime p99.9", "#85c1e9", col("relay_ms", "caller_to_realtime", "p999")),
-                    ("realtime→caller p99.9", "#82e0aa", col("relay_ms", "realtime_to_caller", "p999"))], "ms")
+                    ("realtime→caller p99.9", "#82e0aa", col("relay_ms", "realtime_to_caller", "p999")),
+                    ("caller→realtime p99 to the fake's read", "#f39c12",
+                     col("relay_read_ms", "caller_to_realtime", "p99"))], "ms")
     parts += panel(0, H / 2, W / 2, H / 2, "Barge-in: speech onset → clear (audio ms)", xs,
                    [("p50", "#8e44ad", col("barge_in_ms", "p50")),
                     ("p99", "#d35400", col("barge_in_ms", "p99"))], "ms")

@@ -360,6 +360,10 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
     // turn left with messages unread. Everything is polled once at the start.
     let mut forced: u32 = (1 << SOURCES) - 1;
     loop {
+        // Tokio's cooperative budget: a turn that never has to wait (a long burst) still hands
+        // the thread back now and then. Without it, sources refused by an exhausted budget
+        // would wake this task's bits forever without it ever yielding.
+        tokio::task::consume_budget().await;
         let want = session.poll_timeout();
         if want != timer_at {
             timer_at = want;
