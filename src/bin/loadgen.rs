@@ -18,6 +18,10 @@
 //! `clear` drops the queue and echoes the pending marks at once → the caller talks over the
 //! agent every `--barge-every-ms` → `stop` and close.
 //!
+//! Arrival times are the kernel's receive stamps (`loadgen/rxstamp.rs`), here and in the fake:
+//! the relay delay is the daemon's, without the receiving peer's own scheduling delay (which
+//! is reported beside it as `relay_read_ms`).
+//!
 //! Lean by construction: calls are spread over `--shards` tasks; each shard owns its calls'
 //! sockets (reads through one `SelectAll`), ticks every 2 ms and sends the frames that are
 //! due, one flush per call per tick. Frames are pre-encoded base64; stamping overwrites the
