@@ -359,6 +359,8 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
     // Sources to poll without waiting for their waker: new or replaced ones, and those a
     // turn left with messages unread. Everything is polled once at the start.
     let mut forced: u32 = (1 << SOURCES) - 1;
+    // A write to Twilio failed or timed out: no more writes (each would wait again).
+    let mut tw_dead = false;
     loop {
         // Tokio's cooperative budget: a turn that never has to wait (a long burst) still hands
         // the thread back now and then. Without it, sources refused by an exhausted budget
@@ -373,9 +375,12 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
             forced |= bit(S_TIMER);
         }
         let mut due = std::mem::take(&mut forced);
+        // Outputs queued by the last turn's own writes (a failed write ends the call) are
+        // drained now, not at the next wake-up.
+        let leftover = session.has_output();
         due |= std::future::poll_fn(|cx| {
             let fired = wakeups.take(cx);
-            if fired != 0 || due != 0 { Poll::Ready(fired) } else { Poll::Pending }
+            if fired != 0 || due != 0 || leftover { Poll::Ready(fired) } else { Poll::Pending }
         })
         .await;
 
@@ -409,50 +414,42 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                 }
             }
             if due & bit(S_CONNECT) != 0
-                && let Some(fut) = connecting.as_mut()
+                && let Some(res) = poll_slot(&mut connecting, wakeups.waker(S_CONNECT))
             {
-                let mut cx = Context::from_waker(wakeups.waker(S_CONNECT));
-                if let Poll::Ready(res) = fut.as_mut().poll(&mut cx) {
-                    connecting = None;
-                    match res {
-                        Ok(conn) if session.upstream_open() && !session.is_ended() => {
-                            up = Some(conn.socket);
-                            up_readable = true;
-                            again |= bit(S_UP);
-                            session.on_realtime_ready(now());
-                        }
-                        Ok(conn) => close_upstream(&rt, conn.socket),
-                        Err(e) => {
-                            warn!(error = %e, "could not open the realtime session");
-                            session.on_realtime_failed(now(), &e.to_string());
-                        }
+                match res {
+                    Ok(conn) if session.upstream_open() && !session.is_ended() => {
+                        up = Some(conn.socket);
+                        up_readable = true;
+                        again |= bit(S_UP);
+                        session.on_realtime_ready(now());
+                    }
+                    Ok(conn) => close_upstream(&rt, conn.socket),
+                    Err(e) => {
+                        warn!(error = %e, "could not open the realtime session");
+                        session.on_realtime_failed(now(), &e.to_string());
                     }
                 }
             }
             if due & bit(S_ROTATE) != 0
-                && let Some(fut) = rotation.as_mut()
+                && let Some(res) = poll_slot(&mut rotation, wakeups.waker(S_ROTATE))
             {
-                let mut cx = Context::from_waker(wakeups.waker(S_ROTATE));
-                if let Poll::Ready(res) = fut.as_mut().poll(&mut cx) {
-                    rotation = None;
-                    match res {
-                        Ok(conn) => {
-                            if up.is_some() && up_readable && session.rotation_ready(now()) {
-                                // Swap before the outputs are drained: the seed goes to the fresh one.
-                                if let Some(old) = up.replace(conn.socket) {
-                                    close_upstream(&rt, old);
-                                }
-                                again |= bit(S_UP);
-                                rt.metrics.rotations.fetch_add(1, Relaxed);
-                                info!("realtime session rotated");
-                            } else {
-                                close_upstream(&rt, conn.socket);
+                match res {
+                    Ok(conn) => {
+                        if up.is_some() && up_readable && session.rotation_ready(now()) {
+                            // Swap before the outputs are drained: the seed goes to the fresh one.
+                            if let Some(old) = up.replace(conn.socket) {
+                                close_upstream(&rt, old);
                             }
+                            again |= bit(S_UP);
+                            rt.metrics.rotations.fetch_add(1, Relaxed);
+                            info!("realtime session rotated");
+                        } else {
+                            close_upstream(&rt, conn.socket);
                         }
-                        Err(e) => {
-                            warn!(error = %e, "could not open a fresh realtime session; keeping the current one");
-                            session.rotation_failed(now());
-                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "could not open a fresh realtime session; keeping the current one");
+                        session.rotation_failed(now());
                     }
                 }
             }
@@ -470,21 +467,17 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                 }
             }
             if due & bit(S_TRANSFER) != 0
-                && let Some(fut) = transferring.as_mut()
+                && let Some(res) = poll_slot(&mut transferring, wakeups.waker(S_TRANSFER))
             {
-                let mut cx = Context::from_waker(wakeups.waker(S_TRANSFER));
-                if let Poll::Ready(res) = fut.as_mut().poll(&mut cx) {
-                    transferring = None;
-                    match res {
-                        Ok(number) => {
-                            info!(to = %number, "call transferred");
-                            rt.metrics.transfers.fetch_add(1, Relaxed);
-                            session.on_transferred(now(), &number);
-                        }
-                        Err(why) => {
-                            warn!(error = %why, "transfer failed");
-                            session.on_transfer_failed(now(), &why);
-                        }
+                match res {
+                    Ok(number) => {
+                        info!(to = %number, "call transferred");
+                        rt.metrics.transfers.fetch_add(1, Relaxed);
+                        session.on_transferred(now(), &number);
+                    }
+                    Err(why) => {
+                        warn!(error = %why, "transfer failed");
+                        session.on_transfer_failed(now(), &why);
                     }
                 }
             }
@@ -532,8 +525,12 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
         let mut hangup = false;
         while let Some(out) = session.poll_output() {
             match out {
+                // After one failed or timed-out write the socket is dead: the rest of this
+                // drain must not wait `WRITE_TIMEOUT` again for each message.
+                Output::Twilio(_) if tw_dead => {}
                 Output::Twilio(s) => {
                     if !within(tw.feed(TwMessage::Text(s.into()))).await {
+                        tw_dead = true;
                         session.on_twilio_closed(now(), EndReason::StreamClosed);
                     }
                     tw_dirty = true;
@@ -607,7 +604,8 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                 }
             }
         }
-        if tw_dirty && !within(tw.flush()).await {
+        if tw_dirty && !tw_dead && !within(tw.flush()).await {
+            tw_dead = true;
             session.on_twilio_closed(now(), EndReason::StreamClosed);
         }
         if rt_dirty
@@ -636,7 +634,9 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
             Err(_) => warn!("Twilio's REST API did not answer in 5 s; closing the stream"),
         }
     }
-    within(tw.close()).await;
+    if !tw_dead {
+        within(tw.close()).await;
+    }
     if let Some(ws) = up.take() {
         close_upstream(&rt, ws);
     }
@@ -725,6 +725,21 @@ const SOURCES: usize = 9;
 
 const fn bit(source: usize) -> u32 {
     1 << source
+}
+
+/// A one-shot future the call may be waiting on (a connect, a rotation, a transfer).
+type Slot<T> = Option<Pin<Box<dyn std::future::Future<Output = T> + Send>>>;
+
+/// Polls the slot's future, if any, with `waker`: its output once, and the slot is emptied.
+fn poll_slot<T>(slot: &mut Slot<T>, waker: &std::task::Waker) -> Option<T> {
+    let fut = slot.as_mut()?;
+    match fut.as_mut().poll(&mut Context::from_waker(waker)) {
+        Poll::Ready(out) => {
+            *slot = None;
+            Some(out)
+        }
+        Poll::Pending => None,
+    }
 }
 
 fn on_twilio_msg(

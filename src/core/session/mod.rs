@@ -369,6 +369,11 @@ impl CallSession {
         }
     }
 
+    /// True while outputs are waiting to be drained.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
     /// True once the call is over and every output has been drained.
     pub fn is_finished(&self) -> bool {
         self.phase == Phase::Ended && self.out.is_empty()
