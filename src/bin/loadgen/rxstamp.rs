@@ -7,6 +7,9 @@
 //! receiving socket (`CLOCK_REALTIME`, the clock of the markers), and `recvmsg` hands the stamp
 //! of the last segment read back as a control message: that is the arrival proper. (Several
 //! messages read at once share the stamp of the last one, which can only overstate a delay.)
+//! The kernel switches its timestamping on lazily when the first socket asks, so the first
+//! segments may come unstamped: [`RxStamped::stamp`] is then 0, and the callers fall back to
+//! their read time.
 #![allow(dead_code)]
 
 use std::io;
@@ -46,7 +49,7 @@ impl RxStamped {
         Ok(Self { io, last_rx_us: Arc::new(AtomicU64::new(0)) })
     }
 
-    /// Where the arrival time of the last read is kept (0 before any).
+    /// Where the arrival time of the last read is kept (0 before any, or if it was unstamped).
     pub fn stamp(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.last_rx_us)
     }
@@ -113,9 +116,9 @@ impl AsyncRead for RxStamped {
                 (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 (Err(e), None) => return Poll::Ready(Err(e)),
             };
-            if let Some(us) = stamp {
-                this.last_rx_us.store(us, Relaxed);
-            }
+            // An unstamped read clears the stamp (to 0, "none"): a stale earlier stamp would
+            // understate the next delay.
+            this.last_rx_us.store(stamp.unwrap_or(0), Relaxed);
             buf.advance(n);
             return Poll::Ready(Ok(()));
         }
@@ -150,11 +153,23 @@ mod tests {
         let mut client = client.await.unwrap();
         let mut rx = RxStamped::new(server).unwrap();
         let stamp = rx.stamp();
+        let mut buf = [0u8; 64];
+        // The kernel turns its receive timestamping on lazily (a deferred static-key switch)
+        // when the first socket asks: until then segments arrive unstamped. Wait for it.
+        for _ in 0..200 {
+            client.write_all(b"warm").await.unwrap();
+            let n = rx.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"warm");
+            if stamp.load(Relaxed) != 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_ne!(stamp.load(Relaxed), 0, "the kernel never stamped a segment in 2 s");
         let before = crate::common::now_us();
         client.write_all(b"hello").await.unwrap();
         // Arrives now; read later: the stamp is the arrival, not the read.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let mut buf = [0u8; 64];
         let n = rx.read(&mut buf).await.unwrap();
         let read_at = crate::common::now_us();
         assert_eq!(&buf[..n], b"hello");
