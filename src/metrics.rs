@@ -205,16 +205,21 @@ impl Metrics {
         one(
             "switchboard_frames_dropped_total",
             "counter",
-            "Caller frames dropped while the upstream was not ready.",
+            "Caller frames dropped while the upstream was not ready (live calls add theirs once a second).",
             &self.frames_dropped,
         );
         one(
             "switchboard_malformed_frames_total",
             "counter",
-            "Malformed Media Streams messages (counted and ignored).",
+            "Malformed Media Streams messages, counted and ignored (live calls add theirs once a second).",
             &self.malformed_frames,
         );
-        one("switchboard_malformed_upstream_total", "counter", "Unreadable Realtime events.", &self.malformed_upstream);
+        one(
+            "switchboard_malformed_upstream_total",
+            "counter",
+            "Unreadable Realtime events (live calls add theirs once a second).",
+            &self.malformed_upstream,
+        );
         one(
             "switchboard_oversized_messages_total",
             "counter",

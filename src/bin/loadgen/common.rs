@@ -92,20 +92,6 @@ impl Marker {
         let _ = B64.encode_slice(raw, &mut out);
         out
     }
-
-    /// Reads the marker from the first 40 characters of a base64 payload.
-    pub fn from_b64(payload: &[u8]) -> Option<Marker> {
-        let head = payload.get(..MARKER_B64)?;
-        let mut raw = [0u8; MARKER_BYTES + 2];
-        let n = B64.decode_slice(head, &mut raw).ok()?;
-        Marker::decode(&raw[..n])
-    }
-}
-
-/// Decoded length of a padded base64 string.
-pub fn b64_len(payload: &[u8]) -> usize {
-    let pad = payload.iter().rev().take(2).filter(|&&c| c == b'=').count();
-    (payload.len() / 4 * 3).saturating_sub(pad)
 }
 
 /// Latency histogram in microseconds: 10 µs buckets up to 2 s, then an overflow bucket;
@@ -272,8 +258,9 @@ mod tests {
         assert_eq!(Marker::decode(&frame), Some(m));
         let b64 = B64.encode(&frame);
         assert_eq!(&b64.as_bytes()[..MARKER_B64], &m.b64());
-        assert_eq!(Marker::from_b64(b64.as_bytes()), Some(m));
-        assert_eq!(b64_len(b64.as_bytes()), FRAME_BYTES);
+        let stamped = B64.decode(&b64).expect("valid base64");
+        assert_eq!(stamped.len(), FRAME_BYTES);
+        assert_eq!(Marker::decode(&stamped), Some(m));
         assert_eq!(Marker::decode(&[0xFF; 40]), None);
         // Every marker byte decodes to a magnitude ≤ 56 (below -55 dBFS).
         let peak = frame[..MARKER_BYTES]
