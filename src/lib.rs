@@ -5,6 +5,7 @@
 //! - [`core`]: pure logic (codecs, VAD, resampling, protocol messages, signatures, TwiML,
 //!   the per-call session state machine). No sockets, files, env or clock.
 //! - [`tenants`], [`openai`], [`mail`], [`media`], [`twilio_rest`]: adapters.
+//! - [`ws`]: one-task WebSockets (tungstenite on a tokio socket) for the call's two sockets.
 //! - [`bridge`]: the per-call owner task.
 //! - [`http`]: routes. [`app`]: composition root.
 //! - [`testkit`]: in-repo fakes (Realtime server, Twilio Media Streams client) shared by the
@@ -26,3 +27,4 @@ pub mod tenants;
 pub mod testkit;
 pub mod twilio_rest;
 pub mod worker;
+pub mod ws;

@@ -237,8 +237,20 @@ async fn bad_signatures_are_refused_on_webhook_and_stream() {
         assert_eq!(refused, Some(403), "{err:#}");
     }
 
-    // A signed upgrade whose start is not bound to a call the webhook issued: closed 1008.
+    // A request that is not a WebSocket upgrade: 400 with a JSON body, signed or not.
     let sig = testkit::sign(AUTH, "wss://sb.example.test/media-stream", &[]);
+    let plain = reqwest::Client::new()
+        .get(format!("{}/media-stream", h.http))
+        .header("x-twilio-signature", &sig)
+        .header("connection", "upgrade")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 400);
+    let body = plain.text().await.unwrap();
+    assert!(body.contains("\"error\"") && body.contains("not a WebSocket upgrade"), "{body}");
+
+    // A signed upgrade whose start is not bound to a call the webhook issued: closed 1008.
     let forged = StartParams {
         custom_parameters: vec![("tenant".into(), "mario".into()), ("token".into(), "forged".into())],
         ..StartParams::default()

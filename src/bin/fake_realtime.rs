@@ -24,7 +24,7 @@
 //! Cost: its CPU competes with the daemon's on the same cores, so the per-message path is kept
 //! short. One `current_thread` runtime by default (`--threads 1`). The accept loop reads each
 //! request head itself: a WebSocket upgrade to `/v1/realtime` that axum would accept is
-//! answered here and run by tungstenite straight on the `TcpStream` ([`OneTaskWs`]: no hyper
+//! answered here and run by tungstenite straight on the `TcpStream` (`switchboard::ws::WsStream`: no hyper
 //! upgrade layers, no proxy wakers); everything else (`/stats`, `/window`, refusals) is handed
 //! to axum, which answers as it always did. Each connection is one task owning its socket (no
 //! `split()`), with one re-armed timer; an append is recognised by its exact prefix, decoded
@@ -40,7 +40,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -56,13 +56,14 @@ use common::{FRAME_BYTES, Hist, Marker, now_us, str_field};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::{Value, json};
 use switchboard::testkit::ulaw_decode;
+use switchboard::ws::WsStream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message as TMessage;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message as TMessage, WebSocket};
 use tokio_util::sync::CancellationToken;
 
 const AGENT_LONG: &[u8] = include_bytes!("../../fixtures/it_agent_long.ulaw");
@@ -290,9 +291,8 @@ async fn route(mut tcp: TcpStream, peer: SocketAddr, s: Arc<Shared>, to_axum: To
     let early = head.split_off(n);
     let Ok(tcp) = rxstamp::RxStamped::new(tcp) else { return };
     let stamp = tcp.stamp();
-    let io = TaskIo { tcp, waker: Waker::noop().clone() };
-    let ws = WebSocket::from_partially_read(io, early, Role::Server, Some(ws_config()));
-    serve_conn(s, OneTaskWs { ws, ready: true, ended: false }, Some(stamp)).await;
+    let ws = WsStream::from_partially_read(tcp, early, Role::Server, ws_config());
+    serve_conn(s, ws, Some(stamp)).await;
 }
 
 /// `Some(Sec-WebSocket-Key)` if `head` is a request that axum's `WebSocketUpgrade` would
@@ -412,142 +412,6 @@ impl axum::serve::Listener for Handoff {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         Ok(self.addr)
-    }
-}
-
-// ------------------------------------------------------------------------------------------
-// The fast path's WebSocket: tungstenite on the TcpStream, for one task
-
-/// The socket under tungstenite on the fast path, used by the one task that owns it: reads and
-/// writes are tokio's `poll_read`/`poll_write` with that task's waker, `Pending` becoming
-/// `WouldBlock`. What tokio-tungstenite's `AllowStd` does for any number of tasks, without its
-/// two proxy wakers and their atomic register/take/wake on every message.
-struct TaskIo {
-    /// The socket, keeping the kernel arrival time of what it reads.
-    tcp: rxstamp::RxStamped,
-    /// The waker of the task polling the socket (cloned only when it changes: once).
-    waker: Waker,
-}
-
-impl TaskIo {
-    fn poll<T>(
-        &mut self,
-        f: impl FnOnce(Pin<&mut rxstamp::RxStamped>, &mut Context<'_>) -> Poll<io::Result<T>>,
-    ) -> io::Result<T> {
-        let mut cx = Context::from_waker(&self.waker);
-        match f(Pin::new(&mut self.tcp), &mut cx) {
-            Poll::Ready(r) => r,
-            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
-        }
-    }
-}
-
-impl io::Read for TaskIo {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.poll(|tcp, cx| {
-            let mut rb = ReadBuf::new(buf);
-            tcp.poll_read(cx, &mut rb).map_ok(|()| rb.filled().len())
-        })
-    }
-}
-
-impl io::Write for TaskIo {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.poll(|tcp, cx| tcp.poll_write(cx, buf))
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.poll(|tcp, cx| tcp.poll_flush(cx))
-    }
-}
-
-/// tungstenite as a `Stream` + `Sink` for the one task that owns it, with tokio-tungstenite's
-/// `WebSocketStream` contract: `WouldBlock` is `Pending`; a message accepted while the socket
-/// is full stays queued and `poll_ready` flushes it first; the end of the stream is `None`.
-struct OneTaskWs {
-    ws: WebSocket<TaskIo>,
-    /// False after a `start_send` that could not write everything out.
-    ready: bool,
-    /// The stream has returned its end or an error.
-    ended: bool,
-}
-
-impl OneTaskWs {
-    /// Runs `f` with the waker of the task now polling registered for the socket.
-    fn polled_by<T>(&mut self, cx: &Context<'_>, f: impl FnOnce(&mut WebSocket<TaskIo>) -> T) -> T {
-        let io = self.ws.get_mut();
-        if !io.waker.will_wake(cx.waker()) {
-            io.waker = cx.waker().clone();
-        }
-        f(&mut self.ws)
-    }
-}
-
-/// `WouldBlock` (the socket is not ready and will wake the task) is `Pending`.
-fn pending_on_block<T>(r: Result<T, WsError>) -> Poll<Result<T, WsError>> {
-    match r {
-        Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
-        r => Poll::Ready(r),
-    }
-}
-
-impl Stream for OneTaskWs {
-    type Item = Result<TMessage, WsError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.ended {
-            return Poll::Ready(None);
-        }
-        match std::task::ready!(pending_on_block(self.polled_by(cx, |ws| ws.read()))) {
-            Ok(m) => Poll::Ready(Some(Ok(m))),
-            Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
-                self.ended = true;
-                Poll::Ready(None)
-            }
-            Err(e) => {
-                self.ended = true;
-                Poll::Ready(Some(Err(e)))
-            }
-        }
-    }
-}
-
-impl Sink<TMessage> for OneTaskWs {
-    type Error = WsError;
-
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        if self.ready {
-            return Poll::Ready(Ok(()));
-        }
-        let r = std::task::ready!(pending_on_block(self.polled_by(cx, |ws| ws.flush())));
-        self.ready = true;
-        Poll::Ready(r)
-    }
-
-    fn start_send(mut self: Pin<&mut Self>, item: TMessage) -> Result<(), WsError> {
-        match self.ws.write(item) {
-            // Queued, not all written: `poll_ready` flushes it before the next message.
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.ready = false;
-                Ok(())
-            }
-            r => r,
-        }
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        let r = std::task::ready!(pending_on_block(self.polled_by(cx, |ws| ws.flush())));
-        self.ready = true;
-        // The close handshake has just completed: the flush is done, not failed.
-        Poll::Ready(if matches!(r, Err(WsError::ConnectionClosed)) { Ok(()) } else { r })
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        // `close` queues the close frame once (later calls only flush) and flushes.
-        self.ready = true;
-        match std::task::ready!(pending_on_block(self.polled_by(cx, |ws| ws.close(None)))) {
-            Err(WsError::ConnectionClosed) => Poll::Ready(Ok(())),
-            r => Poll::Ready(r),
-        }
     }
 }
 

@@ -14,10 +14,10 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::ws::{CloseFrame, Message as TwMessage, WebSocket};
 use dashmap::DashMap;
 use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message as RtMessage;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -140,10 +140,13 @@ pub(crate) fn unix_ms() -> u64 {
 /// Twilio's REST redirect of a transfer: the number dialled, or why it failed.
 type TransferFuture = Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>>;
 
+/// The Media Stream's WebSocket: the upgraded HTTP/1.1 connection, owned by the call's task.
+pub type TwilioSocket = crate::ws::WsStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
 type ConnectFuture = Pin<Box<dyn std::future::Future<Output = Result<RealtimeConn, RealtimeError>> + Send>>;
 
 /// Runs one Media Stream from upgrade to record. Never panics on caller input.
-pub async fn run(rt: Arc<CallRuntime>, socket: WebSocket) {
+pub async fn run(rt: Arc<CallRuntime>, socket: TwilioSocket) {
     let t0 = Instant::now();
     // One task reads and writes each socket, never at the same time: no split, no lock.
     let mut tw = socket;
@@ -161,7 +164,7 @@ pub async fn run(rt: Arc<CallRuntime>, socket: WebSocket) {
     let Some(tenant) = admit(&rt, &start) else {
         rt.metrics.calls_rejected.fetch_add(1, Relaxed);
         let _ = tw
-            .send(TwMessage::Close(Some(CloseFrame { code: 1008, reason: "stream not bound to a call".into() })))
+            .send(Message::Close(Some(CloseFrame { code: 1008.into(), reason: "stream not bound to a call".into() })))
             .await;
         return;
     };
@@ -169,12 +172,12 @@ pub async fn run(rt: Arc<CallRuntime>, socket: WebSocket) {
     async move { run_call(rt, t0, start, tenant, tw).await }.instrument(span).await
 }
 
-async fn wait_for_start(rt: &CallRuntime, rx: &mut WebSocket) -> Option<Start> {
+async fn wait_for_start(rt: &CallRuntime, rx: &mut TwilioSocket) -> Option<Start> {
     while let Some(msg) = rx.next().await {
         let text = match msg {
-            Ok(TwMessage::Text(t)) => t,
-            Ok(TwMessage::Close(_)) | Err(_) => return None,
-            Ok(TwMessage::Binary(_)) => {
+            Ok(Message::Text(t)) => t,
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(Message::Binary(_)) => {
                 rt.metrics.malformed_frames.fetch_add(1, Relaxed);
                 continue;
             }
@@ -232,7 +235,7 @@ fn admit(rt: &CallRuntime, start: &Start) -> Option<Arc<Tenant>> {
     }
 }
 
-async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<Tenant>, mut tw: WebSocket) {
+async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<Tenant>, mut tw: TwilioSocket) {
     let now = || t0.elapsed().as_millis() as Millis;
     let params = &start.custom_parameters;
     let call_sid = start.call_sid.clone();
@@ -529,7 +532,7 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                 // drain must not wait `WRITE_TIMEOUT` again for each message.
                 Output::Twilio(_) if tw_dead => {}
                 Output::Twilio(s) => {
-                    if !within(tw.feed(TwMessage::Text(s.into()))).await {
+                    if !within(tw.feed(Message::text(s))).await {
                         tw_dead = true;
                         session.on_twilio_closed(now(), EndReason::StreamClosed);
                     }
@@ -537,7 +540,7 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
                 }
                 Output::Realtime(s) => {
                     if let Some(ws) = up.as_mut()
-                        && !within(ws.feed(RtMessage::text(s))).await
+                        && !within(ws.feed(Message::text(s))).await
                     {
                         up = None;
                         up_readable = false;
@@ -670,7 +673,7 @@ async fn run_call(rt: Arc<CallRuntime>, t0: Instant, start: Start, tenant: Arc<T
 fn close_upstream(rt: &CallRuntime, mut ws: RealtimeSocket) {
     rt.tracker.spawn(async move {
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            let _ = ws.close(None).await;
+            let _ = ws.close().await;
             while let Some(Ok(_)) = ws.next().await {}
         })
         .await;
@@ -742,22 +745,16 @@ fn poll_slot<T>(slot: &mut Slot<T>, waker: &std::task::Waker) -> Option<T> {
     }
 }
 
-fn on_twilio_msg(
-    rt: &CallRuntime,
-    session: &mut CallSession,
-    now: Millis,
-    msg: Option<Result<TwMessage, axum::Error>>,
-) {
+fn on_twilio_msg(rt: &CallRuntime, session: &mut CallSession, now: Millis, msg: Option<Result<Message, WsError>>) {
     match msg {
-        Some(Ok(TwMessage::Text(t))) => session.handle_twilio_text(now, &t),
+        Some(Ok(Message::Text(t))) => session.handle_twilio_text(now, &t),
         // Twilio only sends text; a binary frame is counted as malformed and ignored.
-        Some(Ok(TwMessage::Binary(_))) => session.handle_twilio_text(now, ""),
-        Some(Ok(TwMessage::Ping(_) | TwMessage::Pong(_))) => {}
-        Some(Ok(TwMessage::Close(_))) | None => session.on_twilio_closed(now, EndReason::StreamClosed),
+        Some(Ok(Message::Binary(_))) => session.handle_twilio_text(now, ""),
+        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+        Some(Ok(Message::Close(_))) | None => session.on_twilio_closed(now, EndReason::StreamClosed),
         Some(Err(e)) => {
             let detail = e.to_string();
-            // tungstenite reports "Space limit exceeded: Message too long: N > MAX".
-            if detail.contains("too long") || detail.contains("Space limit") {
+            if matches!(e, WsError::Capacity(_)) {
                 rt.metrics.oversized_messages.fetch_add(1, Relaxed);
                 warn!(error = %detail, "oversized message; closing this stream");
                 session.on_protocol_error(now, &detail);
@@ -770,17 +767,13 @@ fn on_twilio_msg(
 }
 
 /// Returns false when the upstream socket is finished.
-fn on_realtime_msg(
-    session: &mut CallSession,
-    now: Millis,
-    msg: Option<Result<RtMessage, tokio_tungstenite::tungstenite::Error>>,
-) -> bool {
+fn on_realtime_msg(session: &mut CallSession, now: Millis, msg: Option<Result<Message, WsError>>) -> bool {
     match msg {
-        Some(Ok(RtMessage::Text(t))) => {
+        Some(Ok(Message::Text(t))) => {
             session.handle_realtime_text(now, &t);
             true
         }
-        Some(Ok(RtMessage::Close(frame))) => {
+        Some(Ok(Message::Close(frame))) => {
             let why = frame
                 .map(|f| format!("upstream closed ({} {})", u16::from(f.code), f.reason))
                 .unwrap_or_else(|| "upstream closed".into());

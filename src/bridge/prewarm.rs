@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use futures_util::SinkExt;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -101,14 +102,14 @@ impl Prewarmer {
             Some(reply) => {
                 self.metrics.prewarm_claimed.fetch_add(1, Relaxed);
                 if let Err(Ok(mut conn)) = reply.send(opened) {
-                    let _ = conn.socket.close(None).await;
+                    let _ = conn.socket.close().await;
                 }
             }
             None => {
                 self.metrics.prewarm_expired.fetch_add(1, Relaxed);
                 debug!("pre-warmed session unclaimed; closing");
                 if let Ok(mut conn) = opened {
-                    let _ = conn.socket.close(None).await;
+                    let _ = conn.socket.close().await;
                 }
             }
         }

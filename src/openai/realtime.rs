@@ -1,21 +1,24 @@
 //! Opens and configures a Realtime session (GA dialect): connect, `session.update`, wait for
 //! `session.updated` and check it. Only a checked session is handed to a call.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::config::Secret;
 use crate::core::realtime::server::ServerEvent;
 use crate::core::realtime::session_config::SessionSpec;
 
-pub type RealtimeSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// The upstream WebSocket (TLS for `wss://`), owned by the call's task ([`crate::ws`]).
+pub type RealtimeSocket = crate::ws::WsStream<MaybeTlsStream<TcpStream>>;
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -73,11 +76,11 @@ async fn open_inner(settings: &RealtimeSettings, spec: &SessionSpec) -> Result<R
     // per loop turn.
     cfg.read_buffer_size = 4 * 1024;
     cfg.write_buffer_size = 4 * 1024;
-    let (mut socket, _resp) =
-        tokio_tungstenite::connect_async_with_config(req, Some(cfg), true).await.map_err(|e| match e {
-            tungstenite::Error::Http(resp) => RealtimeError::Refused(resp.status().as_u16()),
-            other => RealtimeError::Connect(other.to_string()),
-        })?;
+    let io = connect(req.uri()).await?;
+    let (mut socket, _resp) = crate::ws::client_handshake(req, io, cfg).await.map_err(|e| match e {
+        tungstenite::Error::Http(resp) => RealtimeError::Refused(resp.status().as_u16()),
+        other => RealtimeError::Connect(other.to_string()),
+    })?;
     socket.send(Message::text(spec.session_update())).await.map_err(|e| RealtimeError::Connect(e.to_string()))?;
     loop {
         let msg =
@@ -100,5 +103,60 @@ async fn open_inner(settings: &RealtimeSettings, spec: &SessionSpec) -> Result<R
             }
             _ => {}
         }
+    }
+}
+
+/// Opens the TCP connection for `uri` (`ws://` or `wss://`), with TLS for `wss://`: rustls,
+/// the webpki roots, aws-lc-rs.
+async fn connect(uri: &Uri) -> Result<MaybeTlsStream<TcpStream>, RealtimeError> {
+    let tls = match uri.scheme_str() {
+        Some("wss") => true,
+        Some("ws") => false,
+        other => return Err(RealtimeError::Request(format!("not a WebSocket URL (scheme {other:?})"))),
+    };
+    let host = uri.host().ok_or_else(|| RealtimeError::Request("the URL has no host".into()))?;
+    // `[::1]` in a URL is `::1` to connect to and to name the server.
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let tcp = TcpStream::connect((host, port)).await.map_err(|e| RealtimeError::Connect(e.to_string()))?;
+    // Small messages both ways at 50 a second: never hold one back for Nagle.
+    let _ = tcp.set_nodelay(true);
+    if !tls {
+        return Ok(MaybeTlsStream::Plain(tcp));
+    }
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|_| RealtimeError::Request(format!("{host} is not a valid server name")))?;
+    let stream = tokio_rustls::TlsConnector::from(tls_config())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| RealtimeError::Connect(format!("TLS: {e}")))?;
+    Ok(MaybeTlsStream::Rustls(stream))
+}
+
+/// One client configuration for every upstream connection (it also keeps their TLS sessions
+/// for resumption).
+fn tls_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    Arc::clone(CONFIG.get_or_init(|| {
+        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            // Invariant: aws-lc-rs supports the default protocol versions.
+            .expect("aws-lc-rs supports TLS 1.2 and 1.3")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Arc::new(config)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn refuses_urls_that_are_not_websockets() {
+        let uri: Uri = "https://example.com/v1/realtime".parse().expect("valid uri");
+        assert!(matches!(connect(&uri).await, Err(RealtimeError::Request(_))));
     }
 }

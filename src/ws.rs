@@ -1,0 +1,308 @@
+//! One-task WebSockets: tungstenite run straight on a tokio socket by the one task that owns
+//! it.
+//!
+//! A call's two sockets are each read and written by exactly one task, the call's owner
+//! ([`crate::bridge`]). tokio-tungstenite's `WebSocketStream` is built for any number of tasks:
+//! every read and write goes through `AllowStd`, which registers the caller's waker in two proxy
+//! wakers (atomic register, take and wake on every message) and re-wraps the `Context`. Here the
+//! socket simply keeps the waker of the task polling it, cloned only when it changes, and maps
+//! tokio's `Pending` to `WouldBlock` for tungstenite's blocking-style API. The contract is
+//! tokio-tungstenite's: `WouldBlock` becomes `Pending`, a message accepted while the socket is
+//! full stays queued and `poll_ready` flushes it first, and the end of the stream is `None`.
+//!
+//! Used for the Twilio Media Stream ([`crate::http::media_stream`]), the Realtime upstream
+//! ([`crate::openai::realtime`]), and by the load generator and its fake Realtime peer.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use futures_util::{Sink, Stream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::HandshakeError;
+use tokio_tungstenite::tungstenite::handshake::client::Response;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, WebSocket};
+
+/// A tokio socket seen through `std::io::{Read, Write}` by the one task that owns it: reads
+/// and writes are `poll_read`/`poll_write` with that task's waker, `Pending` becoming
+/// `WouldBlock`.
+#[derive(Debug)]
+pub struct TaskIo<S> {
+    io: S,
+    /// The waker of the task polling the socket (replaced only when another task polls).
+    waker: Waker,
+}
+
+impl<S> TaskIo<S> {
+    fn new(io: S) -> Self {
+        Self { io, waker: Waker::noop().clone() }
+    }
+
+    /// Makes `cx`'s task the one woken when the socket becomes ready.
+    fn register(&mut self, cx: &Context<'_>) {
+        if !self.waker.will_wake(cx.waker()) {
+            self.waker = cx.waker().clone();
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> TaskIo<S> {
+    fn poll<T>(&mut self, f: impl FnOnce(Pin<&mut S>, &mut Context<'_>) -> Poll<io::Result<T>>) -> io::Result<T> {
+        let mut cx = Context::from_waker(&self.waker);
+        match f(Pin::new(&mut self.io), &mut cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> io::Read for TaskIo<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.poll(|io, cx| {
+            let mut rb = ReadBuf::new(buf);
+            io.poll_read(cx, &mut rb).map_ok(|()| rb.filled().len())
+        })
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> io::Write for TaskIo<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.poll(|io, cx| io.poll_write(cx, buf))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.poll(|io, cx| io.poll_flush(cx))
+    }
+}
+
+/// A WebSocket as a `Stream` of messages and a `Sink` of messages, for the one task that owns
+/// it. Polling it from a second task is safe but moves the wake-ups to that task.
+#[derive(Debug)]
+pub struct WsStream<S> {
+    ws: WebSocket<TaskIo<S>>,
+    /// False after a `start_send` that could not write everything out.
+    ready: bool,
+    /// The stream has returned its end or an error.
+    ended: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
+    /// Wraps a socket whose opening handshake is done.
+    pub fn from_raw_socket(io: S, role: Role, config: WebSocketConfig) -> Self {
+        Self::from_partially_read(io, Vec::new(), role, config)
+    }
+
+    /// Wraps a socket whose opening handshake is done, with bytes read past the handshake.
+    pub fn from_partially_read(io: S, early: Vec<u8>, role: Role, config: WebSocketConfig) -> Self {
+        let ws = WebSocket::from_partially_read(TaskIo::new(io), early, role, Some(config));
+        Self { ws, ready: true, ended: false }
+    }
+
+    /// The socket under the WebSocket.
+    pub fn get_ref(&self) -> &S {
+        &self.ws.get_ref().io
+    }
+
+    /// Runs `f` with the waker of the task now polling registered for the socket.
+    fn polled_by<T>(&mut self, cx: &Context<'_>, f: impl FnOnce(&mut WebSocket<TaskIo<S>>) -> T) -> T {
+        self.ws.get_mut().register(cx);
+        f(&mut self.ws)
+    }
+}
+
+/// Runs the client side of the opening handshake on `io` (already connected, TLS included).
+/// An HTTP refusal is `Err(WsError::Http(response))`, as tungstenite reports it.
+pub async fn client_handshake<S, R>(
+    request: R,
+    io: S,
+    config: WebSocketConfig,
+) -> Result<(WsStream<S>, Response), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    R: IntoClientRequest,
+{
+    let mut step = Some(tungstenite::client::client_with_config(request, TaskIo::new(io), Some(config)));
+    poll_fn(|cx| {
+        // Invariant: `step` is refilled on every `Pending` and the future is not polled after
+        // it returned `Ready`.
+        let r = step.take().expect("handshake polled after completion");
+        let r = match r {
+            Err(HandshakeError::Interrupted(mut mid)) => {
+                // The step that blocked registered the noop or an older waker: register this
+                // task's and try again, so the socket wakes it.
+                mid.get_mut().get_mut().register(cx);
+                mid.handshake()
+            }
+            r => r,
+        };
+        match r {
+            Ok((ws, resp)) => Poll::Ready(Ok((WsStream { ws, ready: true, ended: false }, resp))),
+            Err(HandshakeError::Failure(e)) => Poll::Ready(Err(e)),
+            Err(HandshakeError::Interrupted(mid)) => {
+                step = Some(Err(HandshakeError::Interrupted(mid)));
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
+/// `WouldBlock` (the socket is not ready and will wake the task) is `Pending`.
+fn pending_on_block<T>(r: Result<T, WsError>) -> Poll<Result<T, WsError>> {
+    match r {
+        Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
+        r => Poll::Ready(r),
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WsStream<S> {
+    type Item = Result<Message, WsError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match std::task::ready!(pending_on_block(self.polled_by(cx, |ws| ws.read()))) {
+            Ok(m) => Poll::Ready(Some(Ok(m))),
+            Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
+            Err(e) => {
+                self.ended = true;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WsStream<S> {
+    type Error = WsError;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        if self.ready {
+            return Poll::Ready(Ok(()));
+        }
+        let r = std::task::ready!(pending_on_block(self.polled_by(cx, |ws| ws.flush())));
+        self.ready = true;
+        Poll::Ready(r)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+        match self.ws.write(item) {
+            // Queued, not all written: `poll_ready` flushes it before the next message.
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.ready = false;
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        let r = std::task::ready!(pending_on_block(self.polled_by(cx, |ws| ws.flush())));
+        self.ready = true;
+        // The close handshake has just completed: the flush is done, not failed.
+        Poll::Ready(if matches!(r, Err(WsError::ConnectionClosed)) { Ok(()) } else { r })
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        // `close` queues the close frame once (later calls only flush) and flushes.
+        self.ready = true;
+        match std::task::ready!(pending_on_block(self.polled_by(cx, |ws| ws.close(None)))) {
+            Err(WsError::ConnectionClosed) => Poll::Ready(Ok(())),
+            r => Poll::Ready(r),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{DuplexStream, duplex};
+
+    use super::*;
+
+    fn config() -> WebSocketConfig {
+        WebSocketConfig::default().read_buffer_size(1024).write_buffer_size(1024)
+    }
+
+    /// A client `WsStream` connected to a tokio-tungstenite server (the reference
+    /// implementation) through a pipe of `capacity` bytes.
+    async fn pair(capacity: usize) -> (WsStream<DuplexStream>, tokio_tungstenite::WebSocketStream<DuplexStream>) {
+        let (a, b) = duplex(capacity);
+        let server = tokio::spawn(tokio_tungstenite::accept_async(b));
+        let (client, resp) = client_handshake("ws://switchboard.test/media", a, config()).await.expect("handshake");
+        assert_eq!(resp.status(), 101);
+        (client, server.await.expect("server task").expect("server handshake"))
+    }
+
+    #[tokio::test]
+    async fn handshake_then_messages_both_ways_then_close() {
+        let (mut client, mut server) = pair(4096).await;
+        client.send(Message::text("hello")).await.expect("send");
+        assert_eq!(server.next().await.expect("message").expect("ok"), Message::text("hello"));
+        // The client waits for a message that arrives later, from another task: the pipe
+        // must wake it.
+        let echo = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            server.send(Message::text("world")).await.expect("server send");
+            server
+        });
+        assert_eq!(client.next().await.expect("message").expect("ok"), Message::text("world"));
+        let mut server = echo.await.expect("echo task");
+        // Closing: the peer sees the close and answers it as it reads on; the client sees the
+        // answer, then the end of the stream.
+        client.close().await.expect("close");
+        assert!(matches!(server.next().await, Some(Ok(Message::Close(_)))));
+        assert!(server.next().await.is_none(), "the server's read sends the answer and ends");
+        drop(server);
+        assert!(matches!(client.next().await, Some(Ok(Message::Close(_)))), "the close answer");
+        assert!(client.next().await.is_none(), "the stream ends after the close handshake");
+        assert!(client.next().await.is_none(), "and stays ended");
+    }
+
+    #[tokio::test]
+    async fn a_message_larger_than_the_pipe_is_queued_then_flushed_whole() {
+        let (mut client, mut server) = pair(256).await;
+        let big: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        // `feed` accepts the message although the pipe takes only 256 bytes; the flush
+        // finishes while the peer reads.
+        let reader = tokio::spawn(async move { server.next().await.expect("message").expect("ok") });
+        client.feed(Message::binary(big.clone())).await.expect("feed");
+        client.flush().await.expect("flush");
+        assert_eq!(reader.await.expect("reader"), Message::binary(big));
+    }
+
+    #[tokio::test]
+    async fn a_refused_upgrade_is_an_http_error() {
+        let (a, mut b) = duplex(4096);
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = [0u8; 1024];
+            let _ = b.read(&mut buf).await;
+            b.write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n").await.expect("write");
+            b
+        });
+        let err = client_handshake("ws://switchboard.test/media", a, config()).await.expect_err("refused");
+        assert!(matches!(&err, WsError::Http(r) if r.status() == 403), "{err:?}");
+        drop(server.await);
+    }
+
+    #[tokio::test]
+    async fn bytes_read_past_the_handshake_are_the_first_message() {
+        let (a, b) = duplex(4096);
+        // A masked client text frame "hi" (RFC 6455 §5.2), as if read with the request head.
+        let mask = [1u8, 2, 3, 4];
+        let mut early = vec![0x81, 0x82];
+        early.extend_from_slice(&mask);
+        early.extend(b"hi".iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        let mut server = WsStream::from_partially_read(a, early, Role::Server, config());
+        assert_eq!(server.next().await.expect("message").expect("ok"), Message::text("hi"));
+        drop(b);
+        assert!(matches!(server.next().await, Some(Err(_)) | None), "the closed pipe ends the stream");
+    }
+}
