@@ -113,6 +113,12 @@ struct Args {
     /// Tokio worker threads of the generator.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Nice value (0..=19) for the generator and the fake it spawns; the daemon keeps its own.
+    /// 0, the default, is a fair fight for the shared cores. With a positive value the daemon
+    /// gets the CPU first when the three compete, roughly as on a host of its own, so the relay
+    /// figures show its own delay rather than the test rig's contention.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
+    peers_nice: i32,
     /// First barge-in: the caller starts talking this long after `start`.
     #[arg(long, default_value_t = 2_000)]
     barge_first_ms: u64,
@@ -201,7 +207,23 @@ impl Procs {
 
 async fn spawn_fake(args: &Args) -> anyhow::Result<(tokio::process::Child, String)> {
     use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(&args.fake_bin)
+    let mut cmd = tokio::process::Command::new(&args.fake_bin);
+    if args.peers_nice != 0 {
+        let nice = args.peers_nice;
+        // SAFETY: runs in the forked child before exec; setpriority is a plain system call
+        // (async-signal-safe), and the child has one thread, so every thread the fake starts
+        // inherits the value.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setpriority(libc::PRIO_PROCESS, 0, nice) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+    let mut child = cmd
         .args(["--port", "0", "--api-key", &args.api_key, "--threads", &args.fake_threads.to_string()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
@@ -871,6 +893,10 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             base
         }
     };
+    if args.peers_nice != 0 {
+        // After the daemon is spawned (it must not inherit the value).
+        renice_self(args.peers_nice)?;
+    }
     let result = drive(&args, &target, fake_addr.as_deref(), &procs).await;
     procs.stop().await;
     let (summary, ok) = result?;
@@ -885,6 +911,23 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         println!("wrote {}", path.display());
     }
     Ok(if ok { 0 } else { 2 })
+}
+
+/// Sets the nice value of every thread of this process (on Linux each thread has its own;
+/// threads started later inherit their creator's).
+fn renice_self(nice: i32) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir("/proc/self/task")? {
+        let Some(tid) = entry?.file_name().to_str().and_then(|t| t.parse::<libc::id_t>().ok()) else { continue };
+        // SAFETY: a plain system call on a thread id of this process.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } != 0 {
+            let e = std::io::Error::last_os_error();
+            // A thread that has just exited is not an error.
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                anyhow::bail!("setpriority({tid}, {nice}): {e}");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn drive(args: &Args, target: &str, fake: Option<&str>, procs: &Procs) -> anyhow::Result<(Value, bool)> {
@@ -1078,6 +1121,7 @@ async fn drive(args: &Args, target: &str, fake: Option<&str>, procs: &Procs) -> 
         "steady_s": args.steady,
         "note": args.note,
         "rust_log": args.rust_log,
+        "peers_nice": args.peers_nice,
         "target": target,
         "calls_completed": completed,
         "calls_failed": failed,
@@ -1190,7 +1234,7 @@ fn human(s: &Value) -> String {
     let d = &s["daemon"];
     let gen_ = &s["generator"];
     let mut out = format!(
-        "== loadgen: {} calls, steady {} s (window measured {:.1} s), RUST_LOG={}\n\
+        "== loadgen: {} calls, steady {} s (window measured {:.1} s), RUST_LOG={}{}\n\
          calls: {} completed, {} failed {}\n\
          caller frames: {} sent, {} appended at the fake, {} lost\n\
          agent frames: {} generated at the fake, {} received, {} lost ({} discarded by barge-in/call end, by design)\n\
@@ -1207,6 +1251,10 @@ fn human(s: &Value) -> String {
         s["steady_s"],
         s["window_s"].as_f64().unwrap_or(0.0),
         s["rust_log"],
+        match s["peers_nice"].as_i64() {
+            Some(n) if n != 0 => format!(", generator and fake at nice {n}"),
+            _ => String::new(),
+        },
         s["calls_completed"],
         s["calls_failed"],
         if s["fail_reasons"].as_object().is_some_and(|o| !o.is_empty()) {
