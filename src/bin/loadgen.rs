@@ -110,8 +110,11 @@ struct Args {
     /// Shard tasks (each owns ~calls/shards calls).
     #[arg(long, default_value_t = 4)]
     shards: usize,
-    /// Tokio worker threads of the generator.
-    #[arg(long, default_value_t = 2)]
+    /// Tokio worker threads of the generator. One by default: on a 2-core host shared with the
+    /// daemon and the fake, a second thread cost more (cross-thread wake-ups, more contention)
+    /// than it gave up to 1,000 calls; above ~1,250 calls one thread lags (the report says so)
+    /// and `--threads 2` is needed.
+    #[arg(long, default_value_t = 1)]
     threads: usize,
     /// Nice value (0..=19) for the generator and the fake it spawns; the daemon keeps its own.
     /// 0, the default, is a fair fight for the shared cores. With a positive value the daemon
