@@ -265,8 +265,9 @@ async fn drain_and_stop(rt: &CallRuntime) {
     }
     rt.calls_cancel.cancel();
     rt.tracker.close();
-    // Cancelled calls still hand their records to the store (the stream tasks belong to the
-    // HTTP server, not to the tracker): wait for them before the workers and the pool stop.
+    // Cancelled calls still hand their records to the store: wait for the stream tasks (on the
+    // tracker; `streams` also counts upgrades whose task has not started yet) before the
+    // workers and the pool stop.
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
         rt.tracker.wait().await;
         while rt.streams.load(Relaxed) > 0 {

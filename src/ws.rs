@@ -5,13 +5,14 @@
 //! ([`crate::bridge`]). tokio-tungstenite's `WebSocketStream` is built for any number of tasks:
 //! every read and write goes through `AllowStd`, which registers the caller's waker in two proxy
 //! wakers (atomic register, take and wake on every message) and re-wraps the `Context`. Here the
-//! socket simply keeps the waker of the task polling it, cloned only when it changes, and maps
-//! tokio's `Pending` to `WouldBlock` for tungstenite's blocking-style API. The contract is
+//! socket simply keeps the wakers that last polled its reading side and its writing side (the
+//! bridge polls them with different wakers), each cloned only when it changes, and maps tokio's
+//! `Pending` to `WouldBlock` for tungstenite's blocking-style API. The contract is
 //! tokio-tungstenite's: `WouldBlock` becomes `Pending`, a message accepted while the socket is
 //! full stays queued and `poll_ready` flushes it first, and the end of the stream is `None`.
 //!
 //! Used for the Twilio Media Stream ([`crate::http::media_stream`]), the Realtime upstream
-//! ([`crate::openai::realtime`]), and by the load generator and its fake Realtime peer.
+//! ([`crate::openai::realtime`]), and by the fake Realtime peer of the load generator.
 
 use std::future::poll_fn;
 use std::io;
@@ -27,42 +28,93 @@ use tokio_tungstenite::tungstenite::handshake::client::Response;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, WebSocket};
 
-/// A tokio socket seen through `std::io::{Read, Write}` by the one task that owns it: reads
-/// and writes are `poll_read`/`poll_write` with that task's waker, `Pending` becoming
-/// `WouldBlock`.
+/// Which side of the WebSocket is being polled: the `Stream` (reads, and the replies to pings
+/// and closes that tungstenite writes while reading) or the `Sink` (writes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Read,
+    Write,
+}
+
+/// A tokio socket seen through `std::io::{Read, Write}` by the task that owns it: reads and
+/// writes are `poll_read`/`poll_write` with the waker of the side being polled, `Pending`
+/// becoming `WouldBlock`.
 #[derive(Debug)]
 pub struct TaskIo<S> {
     io: S,
-    /// The waker of the task polling the socket (replaced only when another task polls).
-    waker: Waker,
+    /// The waker that last polled the reading side.
+    read_waker: Waker,
+    /// The waker that last polled the writing side.
+    write_waker: Waker,
+    /// The side being polled now.
+    side: Side,
+    /// The writing side's last write or flush would block: it waits for write readiness.
+    write_waiting: bool,
 }
 
 impl<S> TaskIo<S> {
     fn new(io: S) -> Self {
-        Self { io, waker: Waker::noop().clone() }
+        Self {
+            io,
+            read_waker: Waker::noop().clone(),
+            write_waker: Waker::noop().clone(),
+            side: Side::Read,
+            write_waiting: false,
+        }
     }
 
-    /// Makes `cx`'s task the one woken when the socket becomes ready.
-    fn register(&mut self, cx: &Context<'_>) {
-        if !self.waker.will_wake(cx.waker()) {
-            self.waker = cx.waker().clone();
+    /// Makes `cx`'s waker the one woken when `side` of the socket becomes ready.
+    fn register(&mut self, cx: &Context<'_>, side: Side) {
+        let slot = match side {
+            Side::Read => &mut self.read_waker,
+            Side::Write => &mut self.write_waker,
+        };
+        if !slot.will_wake(cx.waker()) {
+            *slot = cx.waker().clone();
         }
+        self.side = side;
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> TaskIo<S> {
-    fn poll<T>(&mut self, f: impl FnOnce(Pin<&mut S>, &mut Context<'_>) -> Poll<io::Result<T>>) -> io::Result<T> {
-        let mut cx = Context::from_waker(&self.waker);
-        match f(Pin::new(&mut self.io), &mut cx) {
+    fn poll<T>(
+        &mut self,
+        side: Side,
+        f: impl FnOnce(Pin<&mut S>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> io::Result<T> {
+        let waker = match side {
+            Side::Read => &self.read_waker,
+            Side::Write => &self.write_waker,
+        };
+        match f(Pin::new(&mut self.io), &mut Context::from_waker(waker)) {
             Poll::Ready(r) => r,
             Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
         }
+    }
+
+    /// A write from either side. tokio keeps one write-readiness waker per socket: a write made
+    /// while reading (a pong, a close reply) that blocks registers the reading side's waker
+    /// there (the next read retries it), so a writing side that was waiting is woken to
+    /// register itself again rather than sleep through the readiness it waits for.
+    fn poll_write_side<T>(
+        &mut self,
+        f: impl FnOnce(Pin<&mut S>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> io::Result<T> {
+        let side = self.side;
+        let r = self.poll(side, f);
+        let blocked = matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        match side {
+            Side::Write => self.write_waiting = blocked,
+            Side::Read if blocked && self.write_waiting => self.write_waker.wake_by_ref(),
+            Side::Read => {}
+        }
+        r
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> io::Read for TaskIo<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.poll(|io, cx| {
+        self.poll(Side::Read, |io, cx| {
             let mut rb = ReadBuf::new(buf);
             io.poll_read(cx, &mut rb).map_ok(|()| rb.filled().len())
         })
@@ -71,10 +123,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> io::Read for TaskIo<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> io::Write for TaskIo<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.poll(|io, cx| io.poll_write(cx, buf))
+        self.poll_write_side(|io, cx| io.poll_write(cx, buf))
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.poll(|io, cx| io.poll_flush(cx))
+        self.poll_write_side(|io, cx| io.poll_flush(cx))
     }
 }
 
@@ -106,9 +158,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         &self.ws.get_ref().io
     }
 
-    /// Runs `f` with the waker of the task now polling registered for the socket.
-    fn polled_by<T>(&mut self, cx: &Context<'_>, f: impl FnOnce(&mut WebSocket<TaskIo<S>>) -> T) -> T {
-        self.ws.get_mut().register(cx);
+    /// Runs `f` with `cx`'s waker registered for `side` of the socket.
+    fn polled_by<T>(&mut self, cx: &Context<'_>, side: Side, f: impl FnOnce(&mut WebSocket<TaskIo<S>>) -> T) -> T {
+        self.ws.get_mut().register(cx, side);
         f(&mut self.ws)
     }
 }
@@ -132,8 +184,9 @@ where
         let r = match r {
             Err(HandshakeError::Interrupted(mut mid)) => {
                 // The step that blocked registered the noop or an older waker: register this
-                // task's and try again, so the socket wakes it.
-                mid.get_mut().get_mut().register(cx);
+                // task's and try again, so the socket wakes it. A handshake step reads and
+                // writes, as the reading side.
+                mid.get_mut().get_mut().register(cx, Side::Read);
                 mid.handshake()
             }
             r => r,
@@ -165,7 +218,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WsStream<S> {
         if self.ended {
             return Poll::Ready(None);
         }
-        match std::task::ready!(pending_on_block(self.polled_by(cx, |ws| ws.read()))) {
+        match std::task::ready!(pending_on_block(self.polled_by(cx, Side::Read, |ws| ws.read()))) {
             Ok(m) => Poll::Ready(Some(Ok(m))),
             Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
                 self.ended = true;
@@ -186,12 +239,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WsStream<S> {
         if self.ready {
             return Poll::Ready(Ok(()));
         }
-        let r = std::task::ready!(pending_on_block(self.polled_by(cx, |ws| ws.flush())));
+        let r = std::task::ready!(pending_on_block(self.polled_by(cx, Side::Write, |ws| ws.flush())));
         self.ready = true;
         Poll::Ready(r)
     }
 
     fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+        // No `Context` here: a write that blocks is finished by `poll_ready`/`poll_flush`,
+        // which register their waker first.
+        self.ws.get_mut().side = Side::Write;
         match self.ws.write(item) {
             // Queued, not all written: `poll_ready` flushes it before the next message.
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -203,7 +259,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WsStream<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        let r = std::task::ready!(pending_on_block(self.polled_by(cx, |ws| ws.flush())));
+        let r = std::task::ready!(pending_on_block(self.polled_by(cx, Side::Write, |ws| ws.flush())));
         self.ready = true;
         // The close handshake has just completed: the flush is done, not failed.
         Poll::Ready(if matches!(r, Err(WsError::ConnectionClosed)) { Ok(()) } else { r })
@@ -212,7 +268,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WsStream<S> {
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
         // `close` queues the close frame once (later calls only flush) and flushes.
         self.ready = true;
-        match std::task::ready!(pending_on_block(self.polled_by(cx, |ws| ws.close(None)))) {
+        match std::task::ready!(pending_on_block(self.polled_by(cx, Side::Write, |ws| ws.close(None)))) {
             Err(WsError::ConnectionClosed) => Poll::Ready(Ok(())),
             r => Poll::Ready(r),
         }
@@ -278,6 +334,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_queued_message_goes_out_before_the_next_one() {
+        let (mut client, mut server) = pair(256).await;
+        let big = Message::binary(vec![7u8; 16 * 1024]);
+        let reader = tokio::spawn(async move {
+            let first = server.next().await.expect("message").expect("ok");
+            let second = server.next().await.expect("message").expect("ok");
+            (first, second)
+        });
+        // The first `feed` leaves most of `big` queued; the second must wait in `poll_ready`
+        // until it is written, so the peer gets them whole and in order.
+        client.feed(big.clone()).await.expect("feed big");
+        client.feed(Message::text("after")).await.expect("feed small");
+        client.flush().await.expect("flush");
+        assert_eq!(reader.await.expect("reader"), (big, Message::text("after")));
+    }
+
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_blocked_write_made_while_reading_wakes_the_waiting_writer() {
+        use std::sync::Arc;
+        use std::sync::atomic::Ordering::SeqCst;
+        // The bridge reads with one waker and writes with another. tokio keeps one waker for
+        // write readiness, so a pong that blocks while reading takes the writer's place there.
+        let (mut client, mut server) = pair(256).await;
+        let writer = Arc::new(Count(0.into()));
+        let (w, r) = (Waker::from(Arc::clone(&writer)), Waker::from(Arc::new(Count(0.into()))));
+        let mut c = Pin::new(&mut client);
+        assert!(c.as_mut().poll_ready(&mut Context::from_waker(&w)).is_ready());
+        c.as_mut().start_send(Message::binary(vec![1u8; 8 * 1024])).expect("queued");
+        assert!(c.as_mut().poll_flush(&mut Context::from_waker(&w)).is_pending(), "the pipe is full");
+        server.send(Message::Ping(vec![9u8].into())).await.expect("ping");
+        let before = writer.0.load(SeqCst);
+        let mut reading = Context::from_waker(&r);
+        assert!(matches!(c.as_mut().poll_next(&mut reading), Poll::Ready(Some(Ok(Message::Ping(_))))));
+        // The next read tries to send the pong first, and blocks on the full pipe.
+        assert!(c.as_mut().poll_next(&mut reading).is_pending());
+        assert!(writer.0.load(SeqCst) > before, "the waiting writer is woken to register again");
+        // Registered again, the writer finishes as the peer reads.
+        let peer = tokio::spawn(async move { server.next().await.expect("message").expect("ok") });
+        poll_fn(|cx| c.as_mut().poll_flush(cx)).await.expect("flush");
+        assert_eq!(peer.await.expect("peer"), Message::binary(vec![1u8; 8 * 1024]));
+    }
+
+    #[tokio::test]
     async fn a_refused_upgrade_is_an_http_error() {
         let (a, mut b) = duplex(4096);
         let server = tokio::spawn(async move {
@@ -303,6 +410,13 @@ mod tests {
         let mut server = WsStream::from_partially_read(a, early, Role::Server, config());
         assert_eq!(server.next().await.expect("message").expect("ok"), Message::text("hi"));
         drop(b);
-        assert!(matches!(server.next().await, Some(Err(_)) | None), "the closed pipe ends the stream");
+        assert!(
+            matches!(
+                server.next().await,
+                Some(Err(WsError::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)))
+            ),
+            "a pipe closed without a close frame is a reset"
+        );
+        assert!(server.next().await.is_none(), "and the stream has ended");
     }
 }

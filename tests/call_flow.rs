@@ -239,16 +239,16 @@ async fn bad_signatures_are_refused_on_webhook_and_stream() {
 
     // A request that is not a WebSocket upgrade: 400 with a JSON body, signed or not.
     let sig = testkit::sign(AUTH, "wss://sb.example.test/media-stream", &[]);
-    let plain = reqwest::Client::new()
-        .get(format!("{}/media-stream", h.http))
-        .header("x-twilio-signature", &sig)
-        .header("connection", "upgrade")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(plain.status(), 400);
-    let body = plain.text().await.unwrap();
-    assert!(body.contains("\"error\"") && body.contains("not a WebSocket upgrade"), "{body}");
+    for signature in [Some(sig.as_str()), None] {
+        let mut req = reqwest::Client::new().get(format!("{}/media-stream", h.http)).header("connection", "upgrade");
+        if let Some(sig) = signature {
+            req = req.header("x-twilio-signature", sig);
+        }
+        let plain = req.send().await.unwrap();
+        assert_eq!(plain.status(), 400);
+        let body = plain.text().await.unwrap();
+        assert!(body.contains("\"error\"") && body.contains("not a WebSocket upgrade"), "{body}");
+    }
 
     // A signed upgrade whose start is not bound to a call the webhook issued: closed 1008.
     let forged = StartParams {

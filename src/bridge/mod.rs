@@ -157,15 +157,20 @@ pub async fn run(rt: Arc<CallRuntime>, socket: TwilioSocket) {
         Ok(None) => return,
         Err(_) => {
             warn!("media stream sent no start in time; closing");
-            let _ = tw.close().await;
+            within(tw.close()).await;
             return;
         }
     };
     let Some(tenant) = admit(&rt, &start) else {
         rt.metrics.calls_rejected.fetch_add(1, Relaxed);
-        let _ = tw
-            .send(Message::Close(Some(CloseFrame { code: 1008.into(), reason: "stream not bound to a call".into() })))
-            .await;
+        // A peer that does not read must not hold the task (or shutdown) for long.
+        within(
+            tw.send(Message::Close(Some(CloseFrame {
+                code: 1008.into(),
+                reason: "stream not bound to a call".into(),
+            }))),
+        )
+        .await;
         return;
     };
     let span = info_span!("call", call_sid = %start.call_sid, tenant = %tenant.id);

@@ -109,15 +109,7 @@ async fn open_inner(settings: &RealtimeSettings, spec: &SessionSpec) -> Result<R
 /// Opens the TCP connection for `uri` (`ws://` or `wss://`), with TLS for `wss://`: rustls,
 /// the webpki roots, aws-lc-rs.
 async fn connect(uri: &Uri) -> Result<MaybeTlsStream<TcpStream>, RealtimeError> {
-    let tls = match uri.scheme_str() {
-        Some("wss") => true,
-        Some("ws") => false,
-        other => return Err(RealtimeError::Request(format!("not a WebSocket URL (scheme {other:?})"))),
-    };
-    let host = uri.host().ok_or_else(|| RealtimeError::Request("the URL has no host".into()))?;
-    // `[::1]` in a URL is `::1` to connect to and to name the server.
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let (tls, host, port) = endpoint(uri)?;
     let tcp = TcpStream::connect((host, port)).await.map_err(|e| RealtimeError::Connect(e.to_string()))?;
     // Small messages both ways at 50 a second: never hold one back for Nagle.
     let _ = tcp.set_nodelay(true);
@@ -131,6 +123,19 @@ async fn connect(uri: &Uri) -> Result<MaybeTlsStream<TcpStream>, RealtimeError> 
         .await
         .map_err(|e| RealtimeError::Connect(format!("TLS: {e}")))?;
     Ok(MaybeTlsStream::Rustls(stream))
+}
+
+/// Whether `uri` needs TLS, and the host and port to connect to (`[::1]` in a URL is `::1`
+/// to connect to and to name the server).
+fn endpoint(uri: &Uri) -> Result<(bool, &str, u16), RealtimeError> {
+    let tls = match uri.scheme_str() {
+        Some("wss") => true,
+        Some("ws") => false,
+        other => return Err(RealtimeError::Request(format!("not a WebSocket URL (scheme {other:?})"))),
+    };
+    let host = uri.host().ok_or_else(|| RealtimeError::Request("the URL has no host".into()))?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    Ok((tls, host, uri.port_u16().unwrap_or(if tls { 443 } else { 80 })))
 }
 
 /// One client configuration for every upstream connection (it also keeps their TLS sessions
@@ -154,9 +159,20 @@ fn tls_config() -> Arc<rustls::ClientConfig> {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn refuses_urls_that_are_not_websockets() {
-        let uri: Uri = "https://example.com/v1/realtime".parse().expect("valid uri");
-        assert!(matches!(connect(&uri).await, Err(RealtimeError::Request(_))));
+    fn parts(url: &str) -> Result<(bool, String, u16), RealtimeError> {
+        let uri: Uri = url.parse().expect("valid uri");
+        endpoint(&uri).map(|(tls, host, port)| (tls, host.to_owned(), port))
+    }
+
+    #[test]
+    fn endpoints_of_websocket_urls() {
+        let ok = |url: &str| parts(url).expect(url);
+        assert_eq!(ok("wss://api.openai.com/v1/realtime?model=m"), (true, "api.openai.com".into(), 443));
+        assert_eq!(ok("ws://127.0.0.1:9100/v1/realtime"), (false, "127.0.0.1".into(), 9100));
+        assert_eq!(ok("ws://localhost/v1/realtime"), (false, "localhost".into(), 80));
+        assert_eq!(ok("wss://[::1]:8443/v1/realtime"), (true, "::1".into(), 8443));
+        for bad in ["https://example.com/v1/realtime", "/v1/realtime"] {
+            assert!(matches!(parts(bad), Err(RealtimeError::Request(_))), "{bad}");
+        }
     }
 }
