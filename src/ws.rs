@@ -40,7 +40,7 @@ enum Side {
 /// writes are `poll_read`/`poll_write` with the waker of the side being polled, `Pending`
 /// becoming `WouldBlock`.
 #[derive(Debug)]
-pub struct TaskIo<S> {
+struct TaskIo<S> {
     io: S,
     /// The waker that last polled the reading side.
     read_waker: Waker,
@@ -149,13 +149,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
 
     /// Wraps a socket whose opening handshake is done, with bytes read past the handshake.
     pub fn from_partially_read(io: S, early: Vec<u8>, role: Role, config: WebSocketConfig) -> Self {
-        let ws = WebSocket::from_partially_read(TaskIo::new(io), early, role, Some(config));
-        Self { ws, ready: true, ended: false }
+        Self::open(WebSocket::from_partially_read(TaskIo::new(io), early, role, Some(config)))
     }
 
-    /// The socket under the WebSocket.
-    pub fn get_ref(&self) -> &S {
-        &self.ws.get_ref().io
+    /// A WebSocket in the open state, nothing queued.
+    fn open(ws: WebSocket<TaskIo<S>>) -> Self {
+        Self { ws, ready: true, ended: false }
     }
 
     /// Runs `f` with `cx`'s waker registered for `side` of the socket.
@@ -192,7 +191,7 @@ where
             r => r,
         };
         match r {
-            Ok((ws, resp)) => Poll::Ready(Ok((WsStream { ws, ready: true, ended: false }, resp))),
+            Ok((ws, resp)) => Poll::Ready(Ok((WsStream::open(ws), resp))),
             Err(HandshakeError::Failure(e)) => Poll::Ready(Err(e)),
             Err(HandshakeError::Interrupted(mid)) => {
                 step = Some(Err(HandshakeError::Interrupted(mid)));

@@ -24,9 +24,9 @@
 //! Cost: its CPU competes with the daemon's on the same cores, so the per-message path is kept
 //! short. One `current_thread` runtime by default (`--threads 1`). The accept loop reads each
 //! request head itself: a WebSocket upgrade to `/v1/realtime` that axum would accept is
-//! answered here and run by tungstenite straight on the `TcpStream` (`switchboard::ws::WsStream`: no hyper
-//! upgrade layers, no proxy wakers); everything else (`/stats`, `/window`, refusals) is handed
-//! to axum, which answers as it always did. Each connection is one task owning its socket (no
+//! answered here and run by tungstenite straight on the `TcpStream`
+//! (`switchboard::ws::WsStream`: no hyper upgrade layers, no proxy wakers); everything else
+//! (`/stats`, `/window`, refusals) is handed to axum, which answers as it always did. Each connection is one task owning its socket (no
 //! `split()`), with one re-armed timer; an append is recognised by its exact prefix, decoded
 //! into a reused buffer, and its RMS summed from a table of squares.
 
