@@ -7,7 +7,8 @@ Reads every bench-results/calls-*.json written by `loadgen --json`, prints a Mar
 (paste it into BENCHMARKS.md) and writes benchmarks.svg: four panels against concurrent calls —
 daemon CPU (cores), relay delay p99 each way (ms; to the kernel arrival, and one to the peer's
 read), barge-in p99 (ms), RSS per call (KiB). Runs made before `relay_read_ms` existed (their
-relay delay is to the peer's read) show "–" in that column.
+relay delay is to the peer's read) show "–" in that column, and so do runs made before loadgen
+measured the host's speed (`host.calibration`) in the last one.
 """
 
 import glob
@@ -43,15 +44,24 @@ def fmt(v, nd=2):
     return str(v)
 
 
+def speed(c):
+    """loadgen's host calibration (since 2026-11-22): ns per arithmetic step and µs per loopback
+    TCP message on one CPU; "–" for older runs."""
+    if not c:
+        return "–"
+    return f"{fmt(c.get('cpu_ns_per_step'))} · {fmt(c.get('loopback_same_cpu_us'), 1)}"
+
+
 def table(runs):
     head = (
         "| calls | steady s | completed / failed | lost frames caller / agent "
         "| caller→RT p50 / p99 / p99.9 / max ms | RT→caller p50 / p99 / p99.9 / max ms "
         "| to the peer's read p99 c→RT / RT→c ms "
         "| barge-in p50 / p99 ms | first audio p50 / p99 ms | daemon CPU (cores) "
-        "| RSS peak MiB | RSS / call KiB | generator CPU (cores) | fake CPU (cores) |"
+        "| RSS peak MiB | RSS / call KiB | generator CPU (cores) | fake CPU (cores) "
+        "| host busy (cores) | host speed before: ns/step · µs/message |"
     )
-    sep = "|" + "---|" * 14
+    sep = "|" + "---|" * 16
     rows = [head, sep]
     for r in runs:
         up = g(r, "relay_ms", "caller_to_realtime", default={})
@@ -64,7 +74,7 @@ def table(runs):
         if g(r, "generator", "bottleneck"):
             gen_ += " (lagging)"
         rows.append(
-            "| {} | {} | {} / {} | {} / {} | {} | {} | {} / {} | {} / {} | {} / {} | {} | {} | {} | {} | {} |".format(
+            "| {} | {} | {} / {} | {} / {} | {} | {} | {} / {} | {} / {} | {} / {} | {} | {} | {} | {} | {} | {} | {} |".format(
                 r["calls"],
                 fmt(r.get("steady_s"), 0),
                 r.get("calls_completed"),
@@ -84,6 +94,8 @@ def table(runs):
                 fmt(g(r, "daemon", "rss_per_call_kib"), 1),
                 gen_,
                 fmt(g(r, "fake_realtime", "cpu_cores")),
+                fmt(g(r, "host", "busy_cores")),
+                speed(g(r, "host", "calibration", "before")),
             )
         )
     return "\n".join(rows)

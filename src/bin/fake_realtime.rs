@@ -23,11 +23,11 @@
 //!
 //! Cost: its CPU competes with the daemon's on the same cores, so the per-message path is kept
 //! short. One `current_thread` runtime by default (`--threads 1`). The accept loop reads each
-//! request head itself: a WebSocket upgrade to `/v1/realtime` that axum would accept is
-//! answered here and run by tungstenite straight on the `TcpStream`
-//! (`switchboard::ws::WsStream`: no hyper upgrade layers, no proxy wakers); everything else
-//! (`/stats`, `/window`, refusals) is handed to axum, which answers as it always did. Each connection is one task owning its socket (no
-//! `split()`), with one re-armed timer; an append is recognised by its exact prefix, decoded
+//! request head itself: a plain HTTP/1.1 WebSocket upgrade to `/v1/realtime` is answered here
+//! and run by tungstenite straight on the `TcpStream` (`switchboard::ws::WsStream`: no hyper
+//! upgrade layers, no proxy wakers); everything else (`/stats`, `/window`, refusals) is handed
+//! to axum. Each connection is one task owning its socket (no `split()`), with one re-armed
+//! timer; an append is recognised by its exact prefix, decoded
 //! into a reused buffer, and its RMS summed from a table of squares.
 
 #[path = "loadgen/common.rs"]
@@ -44,7 +44,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -53,7 +52,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use clap::Parser;
 use common::{FRAME_BYTES, Hist, Marker, now_us, str_field};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use switchboard::testkit::ulaw_decode;
 use switchboard::ws::WsStream;
@@ -61,7 +60,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message as TMessage;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
@@ -185,7 +184,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         window: (AtomicU64::new(0), AtomicU64::new(u64::MAX)),
     });
     let app = Router::new()
-        .route("/v1/realtime", get(upgrade))
+        .route("/v1/realtime", get(refuse_upgrade))
         .route("/stats", get(stats))
         .route("/window", post(window))
         .with_state(shared.clone());
@@ -251,9 +250,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, to_axum: ToAxum
 /// Largest request head read here before the connection is left to axum.
 const MAX_HEAD: usize = 8 * 1024;
 
-/// Reads the request head. A WebSocket upgrade to `/v1/realtime` that axum would accept and
-/// [`upgrade`] authorize ([`fast_upgrade_key`]) is answered here and served on the bare
-/// `TcpStream`; anything else goes to axum with the bytes already read.
+/// Reads the request head. A WebSocket upgrade to `/v1/realtime` with the right key
+/// ([`fast_upgrade_key`]) is answered here and served on the bare `TcpStream`; anything else
+/// goes to axum with the bytes already read.
 async fn route(mut tcp: TcpStream, peer: SocketAddr, s: Arc<Shared>, to_axum: ToAxum) {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
@@ -275,8 +274,7 @@ async fn route(mut tcp: TcpStream, peer: SocketAddr, s: Arc<Shared>, to_axum: To
     };
     let Some((n, key)) = head_len.and_then(|n| Some((n, fast_upgrade_key(&head[..n], s.args.api_key.as_deref())?)))
     else {
-        // axum answers as it always did (401, 400, 404, /stats, /window…), from the bytes
-        // read so far. It is gone only at shutdown, and then the connection just closes.
+        // axum answers (/stats, /window, 401, 400, 404…) from the bytes read so far. It is gone only at shutdown, and then the connection just closes.
         let _ = to_axum.send((Prefixed { head, pos: 0, tcp }, peer));
         return;
     };
@@ -292,16 +290,19 @@ async fn route(mut tcp: TcpStream, peer: SocketAddr, s: Arc<Shared>, to_axum: To
     let Ok(tcp) = rxstamp::RxStamped::new(tcp) else { return };
     let stamp = tcp.stamp();
     let ws = WsStream::from_partially_read(tcp, early, Role::Server, ws_config());
-    serve_conn(s, ws, Some(stamp)).await;
+    s.c.connections.fetch_add(1, Relaxed);
+    s.c.live.fetch_add(1, Relaxed);
+    Conn::new(s.clone(), stamp).run(ws).await;
+    s.c.live.fetch_sub(1, Relaxed);
 }
 
-/// `Some(Sec-WebSocket-Key)` if `head` is a request that axum's `WebSocketUpgrade` would
-/// accept and [`upgrade`] authorize: `GET /v1/realtime[?query] HTTP/1.1`, `Connection`
-/// containing `upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13`, a key, and
+/// `Some(Sec-WebSocket-Key)` if `head` is a WebSocket upgrade this fake serves:
+/// `GET /v1/realtime[?query] HTTP/1.1`, `Connection` containing `upgrade`,
+/// `Upgrade: websocket`, `Sec-WebSocket-Version: 13`, a key, and
 /// `Authorization: Bearer <--api-key>` if a key is set (each header the first of its name, as
 /// `HeaderMap::get` reads it). Deliberately strict: anything unusual (another target form,
-/// unusual characters, a body, bare-LF lines, trailing blanks, HTTP/1.0 or 2) is `None` and
-/// left to axum, so its answer is the old one by construction.
+/// unusual characters, a body, bare-LF lines, trailing blanks, HTTP/1.0 or 2) is `None`, and
+/// [`refuse_upgrade`] says why. The daemon's requests are never unusual.
 fn fast_upgrade_key(head: &[u8], api_key: Option<&str>) -> Option<String> {
     let head = std::str::from_utf8(head).ok()?.strip_suffix("\r\n\r\n")?;
     let mut lines = head.split("\r\n");
@@ -343,7 +344,7 @@ fn fast_upgrade_key(head: &[u8], api_key: Option<&str>) -> Option<String> {
     if accepted { key.map(str::to_owned) } else { None }
 }
 
-/// The WebSocket settings, on both paths (as the old axum upgrade). Small buffers: tungstenite
+/// The WebSocket settings. Small buffers: tungstenite
 /// zero-fills `read_buffer_size` (128 KiB by default) before every read, and what arrives here
 /// is appends of about 300 bytes (2 KiB: a third of the fake's instructions at 8 KiB).
 fn ws_config() -> WebSocketConfig {
@@ -456,71 +457,21 @@ async fn stats(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     }))
 }
 
-/// `/v1/realtime` through axum: what [`fast_upgrade_key`] leaves here, normally a refusal
-/// (bad key, not a WebSocket handshake), answered as it always was; an upgrade that only axum
-/// accepts (HTTP/2, an absolute-form target…) is served by the same [`Conn`].
-async fn upgrade(State(s): State<Arc<Shared>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+/// `/v1/realtime` through axum: what [`fast_upgrade_key`] did not take. 401 for a wrong key,
+/// as the real API; 400 for anything else (not a WebSocket upgrade, or an unusual one).
+async fn refuse_upgrade(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if let Some(key) = &s.args.api_key {
         let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
         if auth != format!("Bearer {key}") {
             return (StatusCode::UNAUTHORIZED, "bad key").into_response();
         }
     }
-    let c = ws_config();
-    ws.max_message_size(c.max_message_size.unwrap_or(usize::MAX))
-        .read_buffer_size(c.read_buffer_size)
-        .write_buffer_size(c.write_buffer_size)
-        .on_upgrade(move |socket| serve_conn(s, socket, None))
+    (StatusCode::BAD_REQUEST, "this fake serves a plain HTTP/1.1 WebSocket upgrade to /v1/realtime only")
+        .into_response()
 }
 
 // ------------------------------------------------------------------------------------------
 // One realtime connection
-
-/// `rx_stamp`: the kernel arrival time of the socket's last read, where it can be had (the fast
-/// path); otherwise arrival is when this process reads a message.
-async fn serve_conn<S, M, E>(s: Arc<Shared>, ws: S, rx_stamp: Option<Arc<AtomicU64>>)
-where
-    S: Stream<Item = Result<M, E>> + Sink<M> + Unpin,
-    M: WsMessage,
-{
-    s.c.connections.fetch_add(1, Relaxed);
-    s.c.live.fetch_add(1, Relaxed);
-    Conn::new(s.clone(), rx_stamp).run(ws).await;
-    s.c.live.fetch_sub(1, Relaxed);
-}
-
-/// What [`Conn::run`] needs of a WebSocket message: tungstenite's on the fast path, axum's
-/// for an upgrade that went through the router.
-trait WsMessage {
-    fn text(s: String) -> Self;
-    /// The text of a text message.
-    fn as_text(&self) -> Option<&str>;
-    fn is_close(&self) -> bool;
-}
-
-impl WsMessage for TMessage {
-    fn text(s: String) -> Self {
-        TMessage::Text(s.into())
-    }
-    fn as_text(&self) -> Option<&str> {
-        if let TMessage::Text(t) = self { Some(t.as_str()) } else { None }
-    }
-    fn is_close(&self) -> bool {
-        matches!(self, TMessage::Close(_))
-    }
-}
-
-impl WsMessage for Message {
-    fn text(s: String) -> Self {
-        Message::Text(s.into())
-    }
-    fn as_text(&self) -> Option<&str> {
-        if let Message::Text(t) = self { Some(t.as_str()) } else { None }
-    }
-    fn is_close(&self) -> bool {
-        matches!(self, Message::Close(_))
-    }
-}
 
 struct Active {
     id: String,
@@ -533,7 +484,8 @@ struct Active {
 
 struct Conn {
     s: Arc<Shared>,
-    rx_stamp: Option<Arc<AtomicU64>>,
+    /// The kernel arrival time of the socket's last read (0 if it came unstamped).
+    rx_stamp: Arc<AtomicU64>,
     out: Vec<String>,
     session: Value,
     responses: u32,
@@ -563,7 +515,7 @@ fn new_id(prefix: &str, n: u64) -> String {
 }
 
 impl Conn {
-    fn new(s: Arc<Shared>, rx_stamp: Option<Arc<AtomicU64>>) -> Self {
+    fn new(s: Arc<Shared>, rx_stamp: Arc<AtomicU64>) -> Self {
         Conn {
             s,
             rx_stamp,
@@ -594,11 +546,7 @@ impl Conn {
 
     /// The connection's only task: it owns the socket (no `split()` and its lock), sends what
     /// the last event queued, then waits for the next client message or the next delta's due time.
-    async fn run<S, M, E>(mut self, mut ws: S)
-    where
-        S: Stream<Item = Result<M, E>> + Sink<M> + Unpin,
-        M: WsMessage,
-    {
+    async fn run(mut self, mut ws: WsStream<rxstamp::RxStamped>) {
         let sid = self.next_id("sess");
         self.emit(json!({"type": "session.created", "session": {"type": "realtime", "object": "realtime.session", "id": sid}}));
         // One timer per connection, re-armed only when the next delta's due time changes (not
@@ -608,7 +556,7 @@ impl Conn {
         loop {
             if !self.out.is_empty() {
                 for m in self.out.drain(..) {
-                    if ws.feed(M::text(m)).await.is_err() {
+                    if ws.feed(Message::text(m)).await.is_err() {
                         return;
                     }
                 }
@@ -625,12 +573,9 @@ impl Conn {
                 biased;
                 () = &mut timer, if self.active.is_some() => self.tick(),
                 msg = ws.next() => match msg {
-                    Some(Ok(m)) => match m.as_text() {
-                        Some(t) => self.on_text(t),
-                        None if m.is_close() => return,
-                        None => {}
-                    },
-                    None | Some(Err(_)) => return,
+                    Some(Ok(Message::Text(t))) => self.on_text(t.as_str()),
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                    Some(Ok(_)) => {}
                 },
             }
         }
@@ -747,9 +692,9 @@ impl Conn {
             if m.ts_us >= window.0 && m.ts_us < window.1 {
                 let read = *now.get_or_insert_with(now_us);
                 // Arrival proper is the kernel's stamp; `read` adds this process's own delay.
-                let arrival = match self.rx_stamp.as_ref().map(|t| t.load(Relaxed)) {
-                    Some(t) if t > 0 => t.min(read),
-                    _ => read,
+                let arrival = match self.rx_stamp.load(Relaxed) {
+                    0 => read,
+                    t => t.min(read),
                 };
                 s.caller_delay.record(arrival.saturating_sub(m.ts_us));
                 s.caller_delay_read.record(read.saturating_sub(m.ts_us));

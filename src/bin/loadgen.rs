@@ -27,6 +27,8 @@
 //! due, one flush per call per tick. Frames are pre-encoded base64; stamping overwrites the
 //! first 40 characters. No audio is recorded.
 
+#[path = "loadgen/calib.rs"]
+mod calib;
 #[path = "loadgen/common.rs"]
 mod common;
 #[path = "loadgen/rxstamp.rs"]
@@ -137,6 +139,10 @@ struct Args {
     /// Free text stored in the JSON (e.g. what was different in this run).
     #[arg(long, default_value = "")]
     note: String,
+    /// Only measure how fast this host is now (arithmetic, and one loopback TCP message; see
+    /// `loadgen/calib.rs`), print it and exit. Every run also measures it before and after.
+    #[arg(long)]
+    calibrate: bool,
 }
 
 type Ws = WebSocketStream<rxstamp::RxStamped>;
@@ -844,7 +850,7 @@ struct CpuSnap {
     daemon: Option<f64>,
     fake: Option<f64>,
     gen_: Option<f64>,
-    host: Option<(f64, f64, f64)>,
+    host: Option<common::HostCpu>,
     at: Option<Instant>,
 }
 
@@ -877,6 +883,13 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<i32> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    if args.calibrate {
+        let c = tokio::task::spawn_blocking(calib::measure).await?;
+        println!("{}", calib_line("host speed", &c.json()));
+        return Ok(0);
+    }
+    // On the idle host, before anything starts.
+    let calib_before = tokio::task::spawn_blocking(calib::measure).await?;
     let mut procs = Procs { daemon: None, fake: None };
     let fake_addr = match (&args.fake, &args.target) {
         (Some(f), _) => Some(f.clone()),
@@ -902,7 +915,9 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     }
     let result = drive(&args, &target, fake_addr.as_deref(), &procs).await;
     procs.stop().await;
-    let (summary, ok) = result?;
+    let (mut summary, ok) = result?;
+    let calib_after = tokio::task::spawn_blocking(calib::measure).await?;
+    summary["host"]["calibration"] = json!({"before": calib_before.json(), "after": calib_after.json()});
     println!("{}", human(&summary));
     if let Some(path) = &args.json {
         if let Some(dir) = path.parent()
@@ -1094,10 +1109,11 @@ async fn drive(args: &Args, target: &str, fake: Option<&str>, procs: &Procs) -> 
     let daemon_cpu = share(cpu_a.daemon, cpu_b.daemon);
     let gen_cpu = share(cpu_a.gen_, cpu_b.gen_);
     let fake_cpu = share(cpu_a.fake, cpu_b.fake);
-    let host = |f: fn(&(f64, f64, f64)) -> f64| share(cpu_a.host.as_ref().map(f), cpu_b.host.as_ref().map(f));
-    let host_busy = host(|h| h.0);
-    let host_nice = host(|h| h.1);
-    let host_softirq = host(|h| h.2);
+    let host = |f: fn(&common::HostCpu) -> f64| share(cpu_a.host.as_ref().map(f), cpu_b.host.as_ref().map(f));
+    let host_busy = host(|h| h.busy);
+    let host_nice = host(|h| h.nice);
+    let host_softirq = host(|h| h.softirq);
+    let host_steal = host(|h| h.steal);
     let others = match (host_busy, daemon_cpu, gen_cpu, fake_cpu, host_softirq) {
         (Some(h), Some(d), Some(g), Some(f), Some(si)) => {
             Some(((h - d - g - f - si).max(0.0) * 1000.0).round() / 1000.0)
@@ -1200,6 +1216,8 @@ async fn drive(args: &Args, target: &str, fake: Option<&str>, procs: &Procs) -> 
             "cores": std::thread::available_parallelism().map(|n| n.get()).ok(),
             "busy_cores": host_busy,
             "softirq_cores": host_softirq,
+            // Before 2026-11-22 (third VM), steal was counted in `busy_cores`.
+            "steal_cores": host_steal,
             "niced_cores": host_nice,
             "other_processes_cores": others,
         },
@@ -1215,6 +1233,18 @@ async fn drive(args: &Args, target: &str, fake: Option<&str>, procs: &Procs) -> 
         "ok": ok,
     });
     Ok((summary, ok))
+}
+
+/// Steal (CPU the hypervisor gave to other guests while this one had work) from which a run
+/// is flagged: on the VMs here it is 0 on a quiet host, and 0.3 to 0.8 core on a busy one.
+const STEAL_WARN_CORES: f64 = 0.05;
+
+/// `label: …` with the three figures of one calibration (lower is faster).
+fn calib_line(label: &str, c: &Value) -> String {
+    format!(
+        "{label}: {} ns per arithmetic step; loopback TCP message {} µs on one CPU, {} µs across CPUs",
+        c["cpu_ns_per_step"], c["loopback_same_cpu_us"], c["loopback_cross_cpu_us"]
+    )
 }
 
 /// Which daemon was measured: binary path and mtime, and the git state of the working tree.
@@ -1262,7 +1292,7 @@ fn human(s: &Value) -> String {
          daemon: CPU {} cores, RSS peak {} KiB (idle {}), {} KiB/call\n\
          generator: CPU {} cores, send lateness p99 {} ms{}\n\
          fake-realtime: CPU {} cores\n\
-         host (/proc/stat, approximate): {} of {} cores busy ({} softirq, {} other processes)",
+         host (/proc/stat, approximate): {} of {} cores busy ({} softirq, {} other processes); {} stolen by the hypervisor{}",
         s["calls"],
         s["steady_s"],
         s["window_s"].as_f64().unwrap_or(0.0),
@@ -1314,7 +1344,25 @@ fn human(s: &Value) -> String {
         s["host"]["cores"],
         s["host"]["softirq_cores"],
         s["host"]["other_processes_cores"],
+        s["host"]["steal_cores"],
+        if s["host"]["steal_cores"].as_f64().is_some_and(|v| v >= STEAL_WARN_CORES) {
+            "  ** the VM did not get all its CPU: compare these figures only with runs of similar steal **"
+        } else {
+            ""
+        },
     );
+    let cal = &s["host"]["calibration"];
+    if cal.is_object() {
+        let (b, a) = (&cal["before"], &cal["after"]);
+        let f = |k: &str| format!("{} / {}", b[k], a[k]);
+        out.push_str(&format!(
+            "\nhost speed before / after (lower is faster): {} ns per arithmetic step; loopback TCP message {} µs \
+             on one CPU, {} µs across CPUs",
+            f("cpu_ns_per_step"),
+            f("loopback_same_cpu_us"),
+            f("loopback_cross_cpu_us")
+        ));
+    }
     out.push_str(if s["ok"] == true { "\nresult: OK" } else { "\nresult: NOT OK (failed calls or lost frames)" });
     out
 }

@@ -12,7 +12,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -28,7 +28,26 @@ pub fn router() -> Router<super::AppState> {
     Router::new().route("/media-stream", get(upgrade))
 }
 
-async fn upgrade(State(rt): State<Arc<CallRuntime>>, mut req: Request) -> Result<Response, ApiError> {
+async fn upgrade(State(rt): State<Arc<CallRuntime>>, req: Request) -> Response {
+    accept(rt, req).await.unwrap_or_else(refusal)
+}
+
+/// An error as a JSON response, with the header its status requires (RFC 9110): a 426 names
+/// the protocol to upgrade to, a 405 the methods allowed.
+fn refusal(e: ApiError) -> Response {
+    let status = e.status;
+    let mut resp = e.into_response();
+    let headers = resp.headers_mut();
+    if status == StatusCode::UPGRADE_REQUIRED {
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    } else if status == StatusCode::METHOD_NOT_ALLOWED {
+        headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
+    }
+    resp
+}
+
+async fn accept(rt: Arc<CallRuntime>, mut req: Request) -> Result<Response, ApiError> {
     let key = upgrade_key(req.method(), req.version(), req.headers())?;
     // While draining, webhooks are refused, so a stream arriving now belongs to a call that was
     // answered before the drain: accept it until the grace period is over.
@@ -140,5 +159,20 @@ mod tests {
         let mut upgrade_substring = headers(GOOD);
         upgrade_substring.insert(header::CONNECTION, HeaderValue::from_static("noupgrade"));
         assert_eq!(status(Method::GET, Version::HTTP_11, &upgrade_substring), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn refusals_carry_the_headers_their_status_requires() {
+        let too_old = refusal(upgrade_key(&Method::GET, Version::HTTP_10, &headers(GOOD)).unwrap_err());
+        assert_eq!(too_old.status(), StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(too_old.headers()[header::UPGRADE], "websocket");
+        assert_eq!(too_old.headers()[header::CONNECTION], "Upgrade");
+        let head = refusal(upgrade_key(&Method::HEAD, Version::HTTP_11, &headers(GOOD)).unwrap_err());
+        assert_eq!(head.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(head.headers()[header::ALLOW], "GET");
+        let bad = refusal(upgrade_key(&Method::GET, Version::HTTP_11, &HeaderMap::new()).unwrap_err());
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        assert!(bad.headers().get(header::UPGRADE).is_none() && bad.headers().get(header::ALLOW).is_none());
+        assert_eq!(bad.headers()[header::CONTENT_TYPE], "application/json");
     }
 }

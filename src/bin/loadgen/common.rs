@@ -221,14 +221,28 @@ pub fn proc_cpu_secs(pid: &str) -> Option<f64> {
     Some(ticks / 100.0) // USER_HZ is 100 on Linux
 }
 
-/// Host CPU from `/proc/stat` (seconds since boot, all CPUs): (busy, nice, softirq), where
-/// busy = user + nice + system + irq + softirq + steal.
-pub fn host_cpu_secs() -> Option<(f64, f64, f64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+/// Host CPU from `/proc/stat`, in seconds since boot over all CPUs.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct HostCpu {
+    /// user + nice + system + irq + softirq: what ran on this VM's CPUs.
+    pub busy: f64,
+    pub nice: f64,
+    pub softirq: f64,
+    /// Time the hypervisor ran something else while this VM had work: on a shared host, CPU
+    /// this run did not get.
+    pub steal: f64,
+}
+
+pub fn host_cpu_secs() -> Option<HostCpu> {
+    parse_host_cpu(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// The aggregate `cpu` line of a `/proc/stat` text (USER_HZ = 100 ticks a second).
+pub fn parse_host_cpu(stat: &str) -> Option<HostCpu> {
     let line = stat.lines().next()?.strip_prefix("cpu ")?;
     let v: Vec<f64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
     let t = |i: usize| v.get(i).copied().unwrap_or(0.0) / 100.0;
-    Some((t(0) + t(1) + t(2) + t(5) + t(6) + t(7), t(1), t(6)))
+    Some(HostCpu { busy: t(0) + t(1) + t(2) + t(5) + t(6), nice: t(1), softirq: t(6), steal: t(7) })
 }
 
 /// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
@@ -285,5 +299,14 @@ mod tests {
         assert!((500..=510).contains(&h.quantile(0.5)), "{}", h.quantile(0.5));
         assert_eq!(h.quantile(1.0), 1000);
         assert!(h.quantile(0.99) >= 990);
+    }
+
+    #[test]
+    fn host_cpu_separates_steal_from_busy() {
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        let stat = "cpu  1000 50 300 9000 20 0 150 400 0 0\ncpu0 500 25 150 4500 10 0 75 200 0 0\n";
+        let h = parse_host_cpu(stat).expect("a cpu line");
+        assert_eq!(h, HostCpu { busy: 15.0, nice: 0.5, softirq: 1.5, steal: 4.0 });
+        assert_eq!(parse_host_cpu("intr 1 2 3\n"), None);
     }
 }

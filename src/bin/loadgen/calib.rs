@@ -1,0 +1,162 @@
+//! How fast is this host right now? Two short fixed workloads, run on an idle host before the
+//! processes start and again after they stop, so that a result file says what kind of machine
+//! (or what moment of a shared one) produced it.
+//!
+//! The VMs of one machine kind differ, and a shared one changes speed with its neighbours: the
+//! same daemon has needed 0.67 core for 1,000 calls on one and 0.94 on another. Nearly all of
+//! the rig's kernel time is loopback TCP (each message is sent, received and woken up for), so
+//! the second workload measures exactly that: a small message bounced between two threads over
+//! a loopback TCP connection. The first is plain arithmetic (no memory, no system calls).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+/// The size of a caller `media` message as sent (a 20 ms frame in JSON, WebSocket-framed).
+const MSG: usize = 320;
+/// Round trips per sample.
+const TRIPS: u32 = 2_000;
+const SAMPLES: usize = 5;
+/// Multiply-xorshift steps per sample (about 50 ms on the VMs here).
+const STEPS: u64 = 20_000_000;
+
+/// One measurement, each figure the median of five samples:
+/// * `cpu_ns_per_step`: one multiply-xorshift step (no memory, no system calls);
+/// * `loopback_same_cpu_us`: one small message over a loopback TCP connection between two
+///   threads on the same CPU (half a round trip): what sending, receiving and switching cost;
+/// * `loopback_cross_cpu_us`: the same between two CPUs, which adds waking an idle CPU (on the
+///   VMs here several times the cost of the message itself).
+///
+/// A loopback figure is `None` if it could not be measured (a single CPU has no cross figure).
+#[derive(Debug, Clone, Copy)]
+pub struct Calibration {
+    pub cpu_ns_per_step: f64,
+    pub loopback_same_cpu_us: Option<f64>,
+    pub loopback_cross_cpu_us: Option<f64>,
+}
+
+impl Calibration {
+    pub fn json(&self) -> Value {
+        json!({
+            "cpu_ns_per_step": round3(self.cpu_ns_per_step),
+            "loopback_same_cpu_us": self.loopback_same_cpu_us.map(round3),
+            "loopback_cross_cpu_us": self.loopback_cross_cpu_us.map(round3),
+        })
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Blocking; about half a second on the hosts this was written on. Runs on threads of its own
+/// (they are pinned to CPUs, which must not outlive the measurement).
+pub fn measure() -> Calibration {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpu = std::thread::spawn(|| median((0..SAMPLES).map(|_| cpu_sample()).collect())).join().unwrap_or(f64::NAN);
+    let same = loopback(0, 0).ok();
+    let cross = if cpus > 1 { loopback(0, 1).ok() } else { None };
+    Calibration { cpu_ns_per_step: cpu, loopback_same_cpu_us: same, loopback_cross_cpu_us: cross }
+}
+
+fn cpu_sample() -> f64 {
+    let t = Instant::now();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..STEPS {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+    }
+    std::hint::black_box(x);
+    t.elapsed().as_nanos() as f64 / STEPS as f64
+}
+
+/// Pins the calling thread to one CPU (best effort: a failure leaves it where it was, which
+/// only blurs the figure).
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it (cpu is below
+    // the number of CPUs, far below CPU_SETSIZE), and sched_setaffinity(0, …) applies to the
+    // calling thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Half the median round trip of a `MSG`-byte message between a client thread on CPU `a` and
+/// an echo thread on CPU `b`, in µs.
+fn loopback(a: usize, b: usize) -> std::io::Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        pin(b);
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut buf = [0u8; MSG];
+        loop {
+            match s.read_exact(&mut buf) {
+                Ok(()) => s.write_all(&buf)?,
+                // The other side is done.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    let client = std::thread::spawn(move || -> std::io::Result<f64> {
+        pin(a);
+        let mut c = TcpStream::connect(addr)?;
+        c.set_nodelay(true)?;
+        let mut buf = [0x5Au8; MSG];
+        let mut samples = Vec::with_capacity(SAMPLES);
+        // One warm-up sample, not kept (connection setup, first wake-ups).
+        for i in 0..=SAMPLES {
+            let t = Instant::now();
+            for _ in 0..TRIPS {
+                c.write_all(&buf)?;
+                c.read_exact(&mut buf)?;
+            }
+            if i > 0 {
+                samples.push(t.elapsed().as_nanos() as f64 / 1e3 / (2.0 * TRIPS as f64));
+            }
+        }
+        Ok(median(samples))
+    });
+    let panicked = |_| std::io::Error::other("calibration thread panicked");
+    // The client's socket is closed when its thread ends, which ends the echo thread.
+    let figure = client.join().map_err(panicked)?;
+    echo.join().map_err(panicked)??;
+    figure
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measures_both_workloads() {
+        let c = measure();
+        assert!(c.cpu_ns_per_step > 0.0 && c.cpu_ns_per_step.is_finite());
+        let same = c.loopback_same_cpu_us.expect("a loopback TCP pair works here");
+        assert!(same > 0.0 && same.is_finite());
+        let j = c.json();
+        assert!(j["cpu_ns_per_step"].as_f64().is_some_and(|v| v > 0.0));
+        assert!(j["loopback_same_cpu_us"].as_f64().is_some_and(|v| v > 0.0));
+        let multi = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) > 1;
+        assert_eq!(c.loopback_cross_cpu_us.is_some(), multi);
+    }
+
+    #[test]
+    fn median_is_the_middle_sample() {
+        assert_eq!(median(vec![5.0, 1.0, 3.0]), 3.0);
+        assert_eq!(median(vec![2.0, 9.0, 4.0, 1.0, 7.0]), 4.0);
+    }
+}
