@@ -14,6 +14,7 @@ fn loadgen_drives_twenty_calls_without_losing_a_frame() {
         .args(["--daemon-bin", env!("CARGO_BIN_EXE_switchboard")])
         .args(["--fake-bin", env!("CARGO_BIN_EXE_fake-realtime")])
         .args(["--tenants", concat!(env!("CARGO_MANIFEST_DIR"), "/tenants.toml")])
+        .arg("--no-calibration")
         .arg("--json")
         .arg(&out)
         .spawn()
@@ -44,5 +45,9 @@ fn loadgen_drives_twenty_calls_without_losing_a_frame() {
     assert_eq!(f["agent_lost"], 0, "{text}");
     assert_eq!(f["agent_unmarked"], 0, "{text}");
     assert!(r["barge_in_ms"]["clears"].as_u64().unwrap() >= 1, "{text}");
+    // The host figures are there (steal apart from busy); the calibration was skipped.
+    assert!(r["host"]["steal_cores"].is_number(), "{text}");
+    assert!(r["host"]["busy_cores"].is_number(), "{text}");
+    assert!(r["host"].get("calibration").is_none(), "{text}");
     assert!(status.success(), "loadgen exit {status:?}\n{text}");
 }

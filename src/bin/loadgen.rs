@@ -143,6 +143,10 @@ struct Args {
     /// `loadgen/calib.rs`), print it and exit. Every run also measures it before and after.
     #[arg(long)]
     calibrate: bool,
+    /// Skip the calibration before and after the run (about a second each in a release build,
+    /// several in a debug one): for quick checks such as the test suite's smoke run.
+    #[arg(long, conflicts_with = "calibrate")]
+    no_calibration: bool,
 }
 
 type Ws = WebSocketStream<rxstamp::RxStamped>;
@@ -889,7 +893,10 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         return Ok(0);
     }
     // On the idle host, before anything starts.
-    let calib_before = tokio::task::spawn_blocking(calib::measure).await?;
+    let calibrate = || async {
+        if args.no_calibration { Ok(None) } else { tokio::task::spawn_blocking(calib::measure).await.map(Some) }
+    };
+    let calib_before = calibrate().await?;
     let mut procs = Procs { daemon: None, fake: None };
     let fake_addr = match (&args.fake, &args.target) {
         (Some(f), _) => Some(f.clone()),
@@ -916,8 +923,10 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     let result = drive(&args, &target, fake_addr.as_deref(), &procs).await;
     procs.stop().await;
     let (mut summary, ok) = result?;
-    let calib_after = tokio::task::spawn_blocking(calib::measure).await?;
-    summary["host"]["calibration"] = json!({"before": calib_before.json(), "after": calib_after.json()});
+    let calib_after = calibrate().await?;
+    if let (Some(before), Some(after)) = (calib_before, calib_after) {
+        summary["host"]["calibration"] = json!({"before": before.json(), "after": after.json()});
+    }
     println!("{}", human(&summary));
     if let Some(path) = &args.json {
         if let Some(dir) = path.parent()

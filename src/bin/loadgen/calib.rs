@@ -56,7 +56,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Blocking; about half a second on the hosts this was written on. Runs on threads of its own
+/// Blocking; about a second on the hosts this was written on. Runs on threads of its own
 /// (they are pinned to CPUs, which must not outlive the measurement).
 pub fn measure() -> Calibration {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
