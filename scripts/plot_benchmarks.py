@@ -44,6 +44,15 @@ def fmt(v, nd=2):
     return str(v)
 
 
+def busy(r):
+    """Busy and stolen cores. Runs before `steal_cores` existed counted steal in `busy_cores`:
+    they show "(with steal)"."""
+    b, st = g(r, "host", "busy_cores"), g(r, "host", "steal_cores")
+    if st is None:
+        return f"{fmt(b)} (with steal)"
+    return f"{fmt(b)} / {fmt(st, 3)}"
+
+
 def speed(c):
     """loadgen's host calibration (since 2026-11-22): ns per arithmetic step and µs per loopback
     TCP message on one CPU; "–" for older runs."""
@@ -59,7 +68,7 @@ def table(runs):
         "| to the peer's read p99 c→RT / RT→c ms "
         "| barge-in p50 / p99 ms | first audio p50 / p99 ms | daemon CPU (cores) "
         "| RSS peak MiB | RSS / call KiB | generator CPU (cores) | fake CPU (cores) "
-        "| host busy (cores) | host speed before: ns/step · µs/message |"
+        "| host busy / stolen (cores) | host speed before → after: ns/step · µs/message |"
     )
     sep = "|" + "---|" * 16
     rows = [head, sep]
@@ -94,8 +103,8 @@ def table(runs):
                 fmt(g(r, "daemon", "rss_per_call_kib"), 1),
                 gen_,
                 fmt(g(r, "fake_realtime", "cpu_cores")),
-                fmt(g(r, "host", "busy_cores")),
-                speed(g(r, "host", "calibration", "before")),
+                busy(r),
+                speed(g(r, "host", "calibration", "before")) + " → " + speed(g(r, "host", "calibration", "after")),
             )
         )
     return "\n".join(rows)

@@ -892,11 +892,21 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         println!("{}", calib_line("host speed", &c.json()));
         return Ok(0);
     }
-    // On the idle host, before anything starts.
+    // Before the processes this run spawns start (a `--target` daemon or `--fake` keeps running)
+    // and after they stop. A calibration that fails is left out: it must not cost the run.
     let calibrate = || async {
-        if args.no_calibration { Ok(None) } else { tokio::task::spawn_blocking(calib::measure).await.map(Some) }
+        if args.no_calibration {
+            return None;
+        }
+        match tokio::task::spawn_blocking(calib::measure).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("loadgen: host calibration failed: {e}");
+                None
+            }
+        }
     };
-    let calib_before = calibrate().await?;
+    let calib_before = calibrate().await;
     let mut procs = Procs { daemon: None, fake: None };
     let fake_addr = match (&args.fake, &args.target) {
         (Some(f), _) => Some(f.clone()),
@@ -923,7 +933,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     let result = drive(&args, &target, fake_addr.as_deref(), &procs).await;
     procs.stop().await;
     let (mut summary, ok) = result?;
-    let calib_after = calibrate().await?;
+    let calib_after = calibrate().await;
     if let (Some(before), Some(after)) = (calib_before, calib_after) {
         summary["host"]["calibration"] = json!({"before": before.json(), "after": after.json()});
     }

@@ -19,6 +19,8 @@ const MSG: usize = 320;
 /// Round trips per sample.
 const TRIPS: u32 = 2_000;
 const SAMPLES: usize = 5;
+/// A loopback peer silent this long is stalled: the measurement gives up.
+const STALL: std::time::Duration = std::time::Duration::from_secs(5);
 /// Multiply-xorshift steps per sample (about 50 ms on the VMs here).
 const STEPS: u64 = 20_000_000;
 
@@ -57,13 +59,30 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Blocking; about a second on the hosts this was written on. Runs on threads of its own
-/// (they are pinned to CPUs, which must not outlive the measurement).
+/// (they are pinned to CPUs, which must not outlive the measurement). The CPUs are the first
+/// two this process may run on; with only one, there is no cross-CPU figure.
 pub fn measure() -> Calibration {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = allowed_cpus();
     let cpu = std::thread::spawn(|| median((0..SAMPLES).map(|_| cpu_sample()).collect())).join().unwrap_or(f64::NAN);
-    let same = loopback(0, 0).ok();
-    let cross = if cpus > 1 { loopback(0, 1).ok() } else { None };
+    let same = cpus.first().and_then(|&c| loopback(c, c).ok());
+    let cross = match cpus[..] {
+        [a, b, ..] => loopback(a, b).ok(),
+        _ => None,
+    };
     Calibration { cpu_ns_per_step: cpu, loopback_same_cpu_us: same, loopback_cross_cpu_us: cross }
+}
+
+/// The CPUs this process may run on (its affinity mask, e.g. under `taskset`), lowest first.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity(0, …) fills it for the
+    // calling thread, and CPU_ISSET only reads inside it (its index is below CPU_SETSIZE).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+    }
 }
 
 fn cpu_sample() -> f64 {
@@ -79,28 +98,34 @@ fn cpu_sample() -> f64 {
     t.elapsed().as_nanos() as f64 / STEPS as f64
 }
 
-/// Pins the calling thread to one CPU (best effort: a failure leaves it where it was, which
-/// only blurs the figure).
-fn pin(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it (cpu is below
-    // the number of CPUs, far below CPU_SETSIZE), and sched_setaffinity(0, …) applies to the
-    // calling thread only.
-    unsafe {
+/// Pins the calling thread to one CPU.
+fn pin(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it (it checks its
+    // index against CPU_SETSIZE), and sched_setaffinity(0, …) applies to the calling thread only.
+    let rc = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// Half the median round trip of a `MSG`-byte message between a client thread on CPU `a` and
-/// an echo thread on CPU `b`, in µs.
+/// an echo thread on CPU `b`, in µs. An error if either thread cannot be pinned (the figure
+/// would not be what its name says) or the connection fails; a stalled peer ends it after
+/// `STALL`, so it cannot hang the run it belongs to.
 fn loopback(a: usize, b: usize) -> std::io::Result<f64> {
+    // Connected before any thread starts: a failure here leaves no thread waiting for a peer.
     let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
+    let mut c = TcpStream::connect(listener.local_addr()?)?;
+    let (mut s, _) = listener.accept()?;
+    for sock in [&c, &s] {
+        sock.set_nodelay(true)?;
+        sock.set_read_timeout(Some(STALL))?;
+        sock.set_write_timeout(Some(STALL))?;
+    }
     let echo = std::thread::spawn(move || -> std::io::Result<()> {
-        pin(b);
-        let (mut s, _) = listener.accept()?;
-        s.set_nodelay(true)?;
+        pin(b)?;
         let mut buf = [0u8; MSG];
         loop {
             match s.read_exact(&mut buf) {
@@ -112,12 +137,10 @@ fn loopback(a: usize, b: usize) -> std::io::Result<f64> {
         }
     });
     let client = std::thread::spawn(move || -> std::io::Result<f64> {
-        pin(a);
-        let mut c = TcpStream::connect(addr)?;
-        c.set_nodelay(true)?;
+        pin(a)?;
         let mut buf = [0x5Au8; MSG];
         let mut samples = Vec::with_capacity(SAMPLES);
-        // One warm-up sample, not kept (connection setup, first wake-ups).
+        // One warm-up sample, not kept (first wake-ups).
         for i in 0..=SAMPLES {
             let t = Instant::now();
             for _ in 0..TRIPS {
@@ -131,7 +154,7 @@ fn loopback(a: usize, b: usize) -> std::io::Result<f64> {
         Ok(median(samples))
     });
     let panicked = |_| std::io::Error::other("calibration thread panicked");
-    // The client's socket is closed when its thread ends, which ends the echo thread.
+    // Each thread's socket is closed when it ends (either way), which ends the other one.
     let figure = client.join().map_err(panicked)?;
     echo.join().map_err(panicked)??;
     figure
@@ -150,8 +173,22 @@ mod tests {
         let j = c.json();
         assert!(j["cpu_ns_per_step"].as_f64().is_some_and(|v| v > 0.0));
         assert!(j["loopback_same_cpu_us"].as_f64().is_some_and(|v| v > 0.0));
-        let multi = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) > 1;
-        assert_eq!(c.loopback_cross_cpu_us.is_some(), multi);
+        assert_eq!(c.loopback_cross_cpu_us.is_some(), allowed_cpus().len() > 1);
+    }
+
+    #[test]
+    fn allowed_cpus_are_those_of_the_affinity_mask() {
+        let cpus = allowed_cpus();
+        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+        assert_eq!(cpus.len(), n, "{cpus:?}");
+        assert!(cpus.windows(2).all(|w| w[0] < w[1]), "{cpus:?}");
+    }
+
+    #[test]
+    fn a_cpu_outside_the_machine_cannot_be_pinned() {
+        // Pinning happens on a thread of its own: the test harness's thread keeps its mask.
+        let r = std::thread::spawn(|| pin(libc::CPU_SETSIZE as usize - 1)).join().expect("no panic");
+        assert!(r.is_err(), "no machine here has {} CPUs", libc::CPU_SETSIZE);
     }
 
     #[test]
