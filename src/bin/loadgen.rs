@@ -1232,7 +1232,8 @@ async fn drive(args: &Args, target: &str, fake: Option<&str>, procs: &Procs) -> 
         },
         "fake_realtime": {"cpu_cores": fake_cpu, "stats": fake_stats},
         "host": {
-            "cores": std::thread::available_parallelism().map(|n| n.get()).ok(),
+            // The host's, not this process's share (which `taskset` may have narrowed).
+            "cores": online_cpus(),
             "busy_cores": host_busy,
             "softirq_cores": host_softirq,
             // Before 2026-11-22 (third VM), steal was counted in `busy_cores`.
@@ -1264,6 +1265,13 @@ fn calib_line(label: &str, c: &Value) -> String {
         "{label}: {} ns per arithmetic step; loopback TCP message {} µs on one CPU, {} µs across CPUs",
         c["cpu_ns_per_step"], c["loopback_same_cpu_us"], c["loopback_cross_cpu_us"]
     )
+}
+
+/// CPUs online on the host (`/proc/stat` covers them all), whatever this process's affinity.
+fn online_cpus() -> Option<usize> {
+    // SAFETY: sysconf only reads a system setting.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).ok().filter(|&n| n > 0)
 }
 
 /// Which daemon was measured: binary path and mtime, and the git state of the working tree.
