@@ -32,8 +32,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, WebSocket};
 /// and closes that tungstenite writes while reading) or the `Sink` (writes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
-    Read,
-    Write,
+    Read = 0,
+    Write = 1,
 }
 
 /// A tokio socket seen through `std::io::{Read, Write}` by the task that owns it: reads and
@@ -42,10 +42,8 @@ enum Side {
 #[derive(Debug)]
 struct TaskIo<S> {
     io: S,
-    /// The waker that last polled the reading side.
-    read_waker: Waker,
-    /// The waker that last polled the writing side.
-    write_waker: Waker,
+    /// The wakers that last polled each side, indexed by [`Side`].
+    wakers: [Waker; 2],
     /// The side being polled now.
     side: Side,
     /// The writing side's last write or flush would block: it waits for write readiness.
@@ -54,21 +52,12 @@ struct TaskIo<S> {
 
 impl<S> TaskIo<S> {
     fn new(io: S) -> Self {
-        Self {
-            io,
-            read_waker: Waker::noop().clone(),
-            write_waker: Waker::noop().clone(),
-            side: Side::Read,
-            write_waiting: false,
-        }
+        Self { io, wakers: [Waker::noop().clone(), Waker::noop().clone()], side: Side::Read, write_waiting: false }
     }
 
     /// Makes `cx`'s waker the one woken when `side` of the socket becomes ready.
     fn register(&mut self, cx: &Context<'_>, side: Side) {
-        let slot = match side {
-            Side::Read => &mut self.read_waker,
-            Side::Write => &mut self.write_waker,
-        };
+        let slot = &mut self.wakers[side as usize];
         if !slot.will_wake(cx.waker()) {
             *slot = cx.waker().clone();
         }
@@ -82,11 +71,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TaskIo<S> {
         side: Side,
         f: impl FnOnce(Pin<&mut S>, &mut Context<'_>) -> Poll<io::Result<T>>,
     ) -> io::Result<T> {
-        let waker = match side {
-            Side::Read => &self.read_waker,
-            Side::Write => &self.write_waker,
-        };
-        match f(Pin::new(&mut self.io), &mut Context::from_waker(waker)) {
+        match f(Pin::new(&mut self.io), &mut Context::from_waker(&self.wakers[side as usize])) {
             Poll::Ready(r) => r,
             Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
         }
@@ -105,7 +90,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TaskIo<S> {
         let blocked = matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
         match side {
             Side::Write => self.write_waiting = blocked,
-            Side::Read if blocked && self.write_waiting => self.write_waker.wake_by_ref(),
+            Side::Read if blocked && self.write_waiting => self.wakers[Side::Write as usize].wake_by_ref(),
             Side::Read => {}
         }
         r

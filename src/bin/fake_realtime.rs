@@ -27,8 +27,8 @@
 //! and run by tungstenite straight on the `TcpStream` (`switchboard::ws::WsStream`: no hyper
 //! upgrade layers, no proxy wakers); everything else (`/stats`, `/window`, refusals) is handed
 //! to axum. Each connection is one task owning its socket (no `split()`), with one re-armed
-//! timer; an append is recognised by its exact prefix, decoded
-//! into a reused buffer, and its RMS summed from a table of squares.
+//! timer; an append is recognised by its exact prefix, decoded into a reused buffer, and its
+//! RMS summed from a table of squares.
 
 #[path = "loadgen/common.rs"]
 mod common;
@@ -274,7 +274,8 @@ async fn route(mut tcp: TcpStream, peer: SocketAddr, s: Arc<Shared>, to_axum: To
     };
     let Some((n, key)) = head_len.and_then(|n| Some((n, fast_upgrade_key(&head[..n], s.args.api_key.as_deref())?)))
     else {
-        // axum answers (/stats, /window, 401, 400, 404…) from the bytes read so far. It is gone only at shutdown, and then the connection just closes.
+        // axum answers (/stats, /window, 401, 400, 404…) from the bytes read so far. It is
+        // gone only at shutdown, and then the connection just closes.
         let _ = to_axum.send((Prefixed { head, pos: 0, tcp }, peer));
         return;
     };

@@ -1236,7 +1236,7 @@ async fn drive(args: &Args, target: &str, fake: Option<&str>, procs: &Procs) -> 
             "cores": online_cpus(),
             "busy_cores": host_busy,
             "softirq_cores": host_softirq,
-            // Before 2026-11-22 (third VM), steal was counted in `busy_cores`.
+            // Before `c8a0829`, steal was counted in `busy_cores`.
             "steal_cores": host_steal,
             "niced_cores": host_nice,
             "other_processes_cores": others,
@@ -1256,7 +1256,8 @@ async fn drive(args: &Args, target: &str, fake: Option<&str>, procs: &Procs) -> 
 }
 
 /// Steal (CPU the hypervisor gave to other guests while this one had work) from which a run
-/// is flagged: on the VMs here it is 0 on a quiet host, and 0.3 to 0.8 core on a busy one.
+/// is flagged. On the third 2026-11-22 VM the runs kept had 0.001–0.003 core; one test run had
+/// 0.07, and a busy moment sampled by hand 0.84.
 const STEAL_WARN_CORES: f64 = 0.05;
 
 /// `label: …` with the three figures of one calibration (lower is faster).
