@@ -54,11 +54,15 @@ def busy(r):
 
 
 def speed(c):
-    """loadgen's host calibration (since 2026-11-22): ns per arithmetic step and µs per loopback
-    TCP message on one CPU; "–" for older runs."""
+    """loadgen's host calibration (since 2026-11-22): ns per arithmetic step, µs per loopback
+    TCP message on one CPU and (since the fourth VM) ms a 1 ms sleep ends late at p99; "–" for
+    older runs."""
     if not c:
         return "–"
-    return f"{fmt(c.get('cpu_ns_per_step'))} · {fmt(c.get('loopback_same_cpu_us'), 1)}"
+    out = f"{fmt(c.get('cpu_ns_per_step'))} · {fmt(c.get('loopback_same_cpu_us'), 1)}"
+    if c.get("wake_late_p99_us") is not None:
+        out += f" · {fmt(c['wake_late_p99_us'] / 1000, 2)}"
+    return out
 
 
 def table(runs):
@@ -68,7 +72,7 @@ def table(runs):
         "| to the peer's read p99 c→RT / RT→c ms "
         "| barge-in p50 / p99 ms | first audio p50 / p99 ms | daemon CPU (cores) "
         "| RSS peak MiB | RSS / call KiB | generator CPU (cores) | fake CPU (cores) "
-        "| host busy / stolen (cores) | host speed before → after: ns/step · µs/message |"
+        "| host busy / stolen (cores) | host speed before → after: ns/step · µs/message · wake-up p99 ms |"
     )
     sep = "|" + "---|" * 16
     rows = [head, sep]

@@ -139,11 +139,12 @@ struct Args {
     /// Free text stored in the JSON (e.g. what was different in this run).
     #[arg(long, default_value = "")]
     note: String,
-    /// Only measure how fast this host is now (arithmetic, and one loopback TCP message; see
-    /// `loadgen/calib.rs`), print it and exit. Every run also measures it before and after.
+    /// Only measure how fast this host is now (arithmetic, one loopback TCP message, how late a
+    /// sleeping thread wakes; see `loadgen/calib.rs`), print it and exit. Every run also
+    /// measures it before and after.
     #[arg(long)]
     calibrate: bool,
-    /// Skip the calibration before and after the run (about a second each in a release build,
+    /// Skip the calibration before and after the run (about three seconds each in a release build,
     /// several in a debug one): for quick checks such as the test suite's smoke run.
     #[arg(long, conflicts_with = "calibrate")]
     no_calibration: bool,
@@ -1263,9 +1264,29 @@ const STEAL_WARN_CORES: f64 = 0.05;
 /// `label: …` with the three figures of one calibration (lower is faster).
 fn calib_line(label: &str, c: &Value) -> String {
     format!(
-        "{label}: {} ns per arithmetic step; loopback TCP message {} µs on one CPU, {} µs across CPUs",
-        c["cpu_ns_per_step"], c["loopback_same_cpu_us"], c["loopback_cross_cpu_us"]
+        "{label}: {} ns per arithmetic step; loopback TCP message {} µs on one CPU, {} µs across CPUs; \
+         a 1 ms sleep ends p50 / p99 / max {} / {} / {} µs late{}",
+        c["cpu_ns_per_step"],
+        c["loopback_same_cpu_us"],
+        c["loopback_cross_cpu_us"],
+        c["wake_late_p50_us"],
+        c["wake_late_p99_us"],
+        c["wake_late_max_us"],
+        wake_warning(&[c])
     )
+}
+
+/// Idle-host wake-up lateness (p99) from which a run is flagged: the relay target is 5 ms at
+/// p99, and every relayed message waits for at least one wake-up of the daemon.
+const WAKE_WARN_US: f64 = 1_000.0;
+
+/// A warning if any of these calibrations woke a sleeping thread `WAKE_WARN_US` late or more at p99.
+fn wake_warning(cals: &[&Value]) -> &'static str {
+    if cals.iter().any(|c| c["wake_late_p99_us"].as_f64().is_some_and(|v| v >= WAKE_WARN_US)) {
+        "  ** the idle host wakes threads late: no relay p99 here can be below its own **"
+    } else {
+        ""
+    }
 }
 
 /// CPUs online on the host (`/proc/stat` covers them all), whatever this process's affinity.
@@ -1385,10 +1406,12 @@ fn human(s: &Value) -> String {
         let f = |k: &str| format!("{} / {}", b[k], a[k]);
         out.push_str(&format!(
             "\nhost speed before / after (lower is faster): {} ns per arithmetic step; loopback TCP message {} µs \
-             on one CPU, {} µs across CPUs",
+             on one CPU, {} µs across CPUs; a 1 ms sleep ends {} µs late at p99{}",
             f("cpu_ns_per_step"),
             f("loopback_same_cpu_us"),
-            f("loopback_cross_cpu_us")
+            f("loopback_cross_cpu_us"),
+            f("wake_late_p99_us"),
+            wake_warning(&[b, a])
         ));
     }
     out.push_str(if s["ok"] == true { "\nresult: OK" } else { "\nresult: NOT OK (failed calls or lost frames)" });

@@ -1,4 +1,4 @@
-//! How fast is this host right now? Two short fixed workloads, run on an idle host before the
+//! How fast is this host right now? Three short fixed workloads, run on an idle host before the
 //! processes start and again after they stop, so that a result file says what kind of machine
 //! (or what moment of a shared one) produced it.
 //!
@@ -7,6 +7,11 @@
 //! the rig's kernel time is loopback TCP (each message is sent, received and woken up for), so
 //! the second workload measures exactly that: a small message bounced between two threads over
 //! a loopback TCP connection. The first is plain arithmetic (no memory, no system calls).
+//!
+//! The third is how late a sleeping thread wakes on the idle host. Every relayed message waits
+//! for at least one wake-up of the daemon, so where the hypervisor keeps a vCPU off its core
+//! for milliseconds at a time (seen as steal), no process can relay at a p99 below that: this
+//! figure is the floor under the relay delays a run measures.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -23,13 +28,17 @@ const SAMPLES: usize = 5;
 const STALL: std::time::Duration = std::time::Duration::from_secs(5);
 /// Multiply-xorshift steps per sample (about 50 ms on the VMs here).
 const STEPS: u64 = 20_000_000;
+/// The sleep whose lateness is measured, and how many (about 2.2 s in all).
+const NAP: std::time::Duration = std::time::Duration::from_millis(1);
+const NAPS: usize = 2_000;
 
 /// One measurement, each figure the median of five samples:
 /// * `cpu_ns_per_step`: one multiply-xorshift step (no memory, no system calls);
 /// * `loopback_same_cpu_us`: one small message over a loopback TCP connection between two
 ///   threads on the same CPU (half a round trip): what sending, receiving and switching cost;
 /// * `loopback_cross_cpu_us`: the same between two CPUs, which adds waking an idle CPU (on the
-///   VMs here several times the cost of the message itself).
+///   VMs here several times the cost of the message itself);
+/// * `wake_late`: how late a thread sleeping 1 ms wakes, over `NAPS` sleeps.
 ///
 /// A loopback figure is `None` if it could not be measured (a single CPU has no cross figure).
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +46,24 @@ pub struct Calibration {
     pub cpu_ns_per_step: f64,
     pub loopback_same_cpu_us: Option<f64>,
     pub loopback_cross_cpu_us: Option<f64>,
+    pub wake_late: Option<Lateness>,
+}
+
+/// Percentiles of a lateness, in µs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lateness {
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+}
+
+impl Lateness {
+    /// `None` for no samples.
+    fn of(mut us: Vec<f64>) -> Option<Lateness> {
+        us.sort_by(f64::total_cmp);
+        let at = |q: f64| us[((us.len() - 1) as f64 * q).round() as usize];
+        (!us.is_empty()).then(|| Lateness { p50_us: at(0.5), p99_us: at(0.99), max_us: at(1.0) })
+    }
 }
 
 impl Calibration {
@@ -45,6 +72,9 @@ impl Calibration {
             "cpu_ns_per_step": round3(self.cpu_ns_per_step),
             "loopback_same_cpu_us": self.loopback_same_cpu_us.map(round3),
             "loopback_cross_cpu_us": self.loopback_cross_cpu_us.map(round3),
+            "wake_late_p50_us": self.wake_late.map(|l| l.p50_us.round()),
+            "wake_late_p99_us": self.wake_late.map(|l| l.p99_us.round()),
+            "wake_late_max_us": self.wake_late.map(|l| l.max_us.round()),
         })
     }
 }
@@ -58,7 +88,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Blocking; about a second on the hosts this was written on. Runs on threads of its own
+/// Blocking; about three seconds on the hosts this was written on. Runs on threads of its own
 /// (they are pinned to CPUs, which must not outlive the measurement). The CPUs are the first
 /// two this process may run on; with only one, there is no cross-CPU figure.
 pub fn measure() -> Calibration {
@@ -69,7 +99,21 @@ pub fn measure() -> Calibration {
         [a, b, ..] => loopback(a, b).ok(),
         _ => None,
     };
-    Calibration { cpu_ns_per_step: cpu, loopback_same_cpu_us: same, loopback_cross_cpu_us: cross }
+    // Not pinned, like the daemon's threads: the scheduler may wake it on either CPU.
+    let wake_late = std::thread::spawn(wake_lateness).join().ok().flatten();
+    Calibration { cpu_ns_per_step: cpu, loopback_same_cpu_us: same, loopback_cross_cpu_us: cross, wake_late }
+}
+
+/// How much later than asked `NAPS` sleeps of `NAP` end.
+fn wake_lateness() -> Option<Lateness> {
+    let late = (0..NAPS)
+        .map(|_| {
+            let t = Instant::now();
+            std::thread::sleep(NAP);
+            t.elapsed().saturating_sub(NAP).as_secs_f64() * 1e6
+        })
+        .collect();
+    Lateness::of(late)
 }
 
 /// The CPUs this process may run on (its affinity mask, e.g. under `taskset`), lowest first.
@@ -165,7 +209,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn measures_both_workloads() {
+    fn measures_all_three_workloads() {
         let c = measure();
         assert!(c.cpu_ns_per_step > 0.0 && c.cpu_ns_per_step.is_finite());
         let same = c.loopback_same_cpu_us.expect("a loopback TCP pair works here");
@@ -174,6 +218,16 @@ mod tests {
         assert!(j["cpu_ns_per_step"].as_f64().is_some_and(|v| v > 0.0));
         assert!(j["loopback_same_cpu_us"].as_f64().is_some_and(|v| v > 0.0));
         assert_eq!(c.loopback_cross_cpu_us.is_some(), allowed_cpus().len() > 1);
+        let w = c.wake_late.expect("sleeps were timed");
+        assert!(w.p50_us >= 0.0 && w.p50_us <= w.p99_us && w.p99_us <= w.max_us, "{w:?}");
+        assert_eq!(j["wake_late_p99_us"].as_f64(), Some(w.p99_us.round()));
+    }
+
+    #[test]
+    fn lateness_percentiles_come_from_the_sorted_samples() {
+        let l = Lateness::of((1..=200).rev().map(f64::from).collect()).expect("samples");
+        assert_eq!(l, Lateness { p50_us: 101.0, p99_us: 198.0, max_us: 200.0 });
+        assert_eq!(Lateness::of(Vec::new()), None);
     }
 
     #[test]
