@@ -10,8 +10,8 @@
 //!
 //! The third is how late a sleeping thread wakes on the idle host. Every relayed message waits
 //! for at least one wake-up of the daemon, so where the hypervisor keeps a vCPU off its core
-//! for milliseconds at a time (seen as steal), no process can relay at a p99 below that: this
-//! figure is the floor under the relay delays a run measures.
+//! for milliseconds at a time (seen as steal), a relay p99 below this figure is not to be
+//! expected from any process: it is the floor under the relay delays a run measures.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -32,7 +32,7 @@ const STEPS: u64 = 20_000_000;
 const NAP: std::time::Duration = std::time::Duration::from_millis(1);
 const NAPS: usize = 2_000;
 
-/// One measurement, each figure the median of five samples:
+/// One measurement, each figure but the last the median of five samples:
 /// * `cpu_ns_per_step`: one multiply-xorshift step (no memory, no system calls);
 /// * `loopback_same_cpu_us`: one small message over a loopback TCP connection between two
 ///   threads on the same CPU (half a round trip): what sending, receiving and switching cost;
