@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest as _, Sha256};
 
@@ -25,9 +25,9 @@ pub struct Unauthorized(pub &'static str);
 
 impl IntoResponse for Unauthorized {
     fn into_response(self) -> Response {
-        let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", self.0).into_response();
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        r
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", self.0)
+            .with_header(header::WWW_AUTHENTICATE, "Bearer")
+            .into_response()
     }
 }
 

@@ -29,22 +29,7 @@ pub fn router() -> Router<super::AppState> {
 }
 
 async fn upgrade(State(rt): State<Arc<CallRuntime>>, req: Request) -> Response {
-    accept(rt, req).await.unwrap_or_else(refusal)
-}
-
-/// An error as a JSON response, with the header its status requires (RFC 9110): a 426 names
-/// the protocol to upgrade to, a 405 the methods allowed.
-fn refusal(e: ApiError) -> Response {
-    let status = e.status;
-    let mut resp = e.into_response();
-    let headers = resp.headers_mut();
-    if status == StatusCode::UPGRADE_REQUIRED {
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    } else if status == StatusCode::METHOD_NOT_ALLOWED {
-        headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
-    }
-    resp
+    accept(rt, req).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn accept(rt: Arc<CallRuntime>, mut req: Request) -> Result<Response, ApiError> {
@@ -103,10 +88,13 @@ fn ws_config(max_message: usize) -> WebSocketConfig {
 fn upgrade_key(method: &Method, version: Version, headers: &HeaderMap) -> Result<String, ApiError> {
     let bad = |what: &str| ApiError::bad_request(format!("not a WebSocket upgrade: {what}"));
     if version != Version::HTTP_11 {
-        return Err(ApiError::new(StatusCode::UPGRADE_REQUIRED, "not_upgradable", "WebSocket needs HTTP/1.1"));
+        return Err(ApiError::new(StatusCode::UPGRADE_REQUIRED, "not_upgradable", "WebSocket needs HTTP/1.1")
+            .with_header(header::UPGRADE, "websocket")
+            .with_header(header::CONNECTION, "Upgrade"));
     }
     if method != Method::GET {
-        return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET"));
+        return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
+            .with_header(header::ALLOW, "GET"));
     }
     let value = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
     if !value(header::CONNECTION).split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")) {
@@ -163,14 +151,14 @@ mod tests {
 
     #[test]
     fn refusals_carry_the_headers_their_status_requires() {
-        let too_old = refusal(upgrade_key(&Method::GET, Version::HTTP_10, &headers(GOOD)).unwrap_err());
+        let too_old = upgrade_key(&Method::GET, Version::HTTP_10, &headers(GOOD)).unwrap_err().into_response();
         assert_eq!(too_old.status(), StatusCode::UPGRADE_REQUIRED);
         assert_eq!(too_old.headers()[header::UPGRADE], "websocket");
         assert_eq!(too_old.headers()[header::CONNECTION], "Upgrade");
-        let head = refusal(upgrade_key(&Method::HEAD, Version::HTTP_11, &headers(GOOD)).unwrap_err());
+        let head = upgrade_key(&Method::HEAD, Version::HTTP_11, &headers(GOOD)).unwrap_err().into_response();
         assert_eq!(head.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(head.headers()[header::ALLOW], "GET");
-        let bad = refusal(upgrade_key(&Method::GET, Version::HTTP_11, &HeaderMap::new()).unwrap_err());
+        let bad = upgrade_key(&Method::GET, Version::HTTP_11, &HeaderMap::new()).unwrap_err().into_response();
         assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
         assert!(bad.headers().get(header::UPGRADE).is_none() && bad.headers().get(header::ALLOW).is_none());
         assert_eq!(bad.headers()[header::CONTENT_TYPE], "application/json");
