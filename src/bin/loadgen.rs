@@ -1276,17 +1276,19 @@ fn calib_line(label: &str, c: &Value) -> String {
     )
 }
 
-/// Idle-host wake-up lateness (p99) from which a run is flagged (the warning's text says 1 ms):
-/// the relay target is 5 ms at p99, and every relayed message waits for at least one wake-up
-/// of the daemon.
-const WAKE_WARN_US: f64 = 1_000.0;
+/// Idle-host wake-up lateness (p99) from which a run is flagged: the relay target is 5 ms at
+/// p99, and every relayed message waits for at least one wake-up of the daemon.
+const WAKE_WARN_US: u64 = 1_000;
 
 /// A warning if any of these calibrations woke a sleeping thread `WAKE_WARN_US` late or more at p99.
-fn wake_warning(cals: &[&Value]) -> &'static str {
-    if cals.iter().any(|c| c["wake_late_p99_us"].as_f64().is_some_and(|v| v >= WAKE_WARN_US)) {
-        "  ** the idle host wakes sleeping threads 1 ms or more late at p99: every relay delay here includes such waits **"
+fn wake_warning(cals: &[&Value]) -> String {
+    if cals.iter().any(|c| c["wake_late_p99_us"].as_u64().is_some_and(|v| v >= WAKE_WARN_US)) {
+        format!(
+            "  ** the idle host wakes sleeping threads {} ms or more late at p99: every relay delay here includes such waits **",
+            WAKE_WARN_US as f64 / 1000.0
+        )
     } else {
-        ""
+        String::new()
     }
 }
 

@@ -19,6 +19,8 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
+use crate::common::Hist;
+
 /// The size of a caller `media` message as sent (a 20 ms frame in JSON, WebSocket-framed).
 const MSG: usize = 320;
 /// Round trips per sample.
@@ -49,20 +51,19 @@ pub struct Calibration {
     pub wake_late: Option<Lateness>,
 }
 
-/// Percentiles of a lateness, in µs.
+/// Percentiles of a lateness, in µs, as loadgen takes all its percentiles ([`Hist`]: 10 µs
+/// buckets, each read as its upper bound, the max exact).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Lateness {
-    pub p50_us: f64,
-    pub p99_us: f64,
-    pub max_us: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
 }
 
 impl Lateness {
     /// `None` for no samples.
-    fn of(mut us: Vec<f64>) -> Option<Lateness> {
-        us.sort_by(f64::total_cmp);
-        let at = |q: f64| us[((us.len() - 1) as f64 * q).round() as usize];
-        (!us.is_empty()).then(|| Lateness { p50_us: at(0.5), p99_us: at(0.99), max_us: at(1.0) })
+    fn of(h: &Hist) -> Option<Lateness> {
+        (h.count() > 0).then(|| Lateness { p50_us: h.quantile(0.5), p99_us: h.quantile(0.99), max_us: h.quantile(1.0) })
     }
 }
 
@@ -72,9 +73,9 @@ impl Calibration {
             "cpu_ns_per_step": round3(self.cpu_ns_per_step),
             "loopback_same_cpu_us": self.loopback_same_cpu_us.map(round3),
             "loopback_cross_cpu_us": self.loopback_cross_cpu_us.map(round3),
-            "wake_late_p50_us": self.wake_late.map(|l| l.p50_us.round()),
-            "wake_late_p99_us": self.wake_late.map(|l| l.p99_us.round()),
-            "wake_late_max_us": self.wake_late.map(|l| l.max_us.round()),
+            "wake_late_p50_us": self.wake_late.map(|l| l.p50_us),
+            "wake_late_p99_us": self.wake_late.map(|l| l.p99_us),
+            "wake_late_max_us": self.wake_late.map(|l| l.max_us),
         })
     }
 }
@@ -106,14 +107,13 @@ pub fn measure() -> Calibration {
 
 /// How much later than asked `NAPS` sleeps of `NAP` end.
 fn wake_lateness() -> Option<Lateness> {
-    let late = (0..NAPS)
-        .map(|_| {
-            let t = Instant::now();
-            std::thread::sleep(NAP);
-            t.elapsed().saturating_sub(NAP).as_secs_f64() * 1e6
-        })
-        .collect();
-    Lateness::of(late)
+    let late = Hist::new();
+    for _ in 0..NAPS {
+        let t = Instant::now();
+        std::thread::sleep(NAP);
+        late.record(t.elapsed().saturating_sub(NAP).as_micros() as u64);
+    }
+    Lateness::of(&late)
 }
 
 /// The CPUs this process may run on (its affinity mask, e.g. under `taskset`), lowest first.
@@ -219,15 +219,21 @@ mod tests {
         assert!(j["loopback_same_cpu_us"].as_f64().is_some_and(|v| v > 0.0));
         assert_eq!(c.loopback_cross_cpu_us.is_some(), allowed_cpus().len() > 1);
         let w = c.wake_late.expect("sleeps were timed");
-        assert!(w.p50_us >= 0.0 && w.p50_us <= w.p99_us && w.p99_us <= w.max_us, "{w:?}");
-        assert_eq!(j["wake_late_p99_us"].as_f64(), Some(w.p99_us.round()));
+        assert!(w.p50_us <= w.p99_us && w.p99_us <= w.max_us, "{w:?}");
+        assert_eq!(j["wake_late_p99_us"].as_u64(), Some(w.p99_us));
     }
 
     #[test]
-    fn lateness_percentiles_come_from_the_sorted_samples() {
-        let l = Lateness::of((1..=200).rev().map(f64::from).collect()).expect("samples");
-        assert_eq!(l, Lateness { p50_us: 101.0, p99_us: 198.0, max_us: 200.0 });
-        assert_eq!(Lateness::of(Vec::new()), None);
+    fn lateness_percentiles_come_from_the_samples() {
+        let h = Hist::new();
+        for us in (1..=200).rev() {
+            h.record(us * 10 + 3);
+        }
+        // The 100th and 198th of 200 samples (1003 and 1983 µs), read as their buckets' upper
+        // bounds; the max exact.
+        let l = Lateness::of(&h).expect("samples");
+        assert_eq!(l, Lateness { p50_us: 1010, p99_us: 1990, max_us: 2003 });
+        assert_eq!(Lateness::of(&Hist::new()), None);
     }
 
     #[test]
